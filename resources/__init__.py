@@ -1,0 +1,1 @@
+"""Read-only MCP resources: run logs and metrics, dataset reports, evaluations, deployments."""

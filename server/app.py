@@ -1,0 +1,40 @@
+"""Assemble the MCP server: shared services plus every stage's tools and the resources."""
+
+from __future__ import annotations
+
+import logging
+
+from mcp.server.mcpserver import MCPServer
+
+from turing.resources import catalog
+from turing.server import __version__
+from turing.server.services import Services
+from turing.tools import jobs
+from turing.tools.datasets import mcp_tools as dataset_tools
+from turing.tools.deploy import mcp_tools as deploy_tools
+from turing.tools.evals import mcp_tools as eval_tools
+from turing.tools.finetune import mcp_tools as finetune_tools
+from turing.tools.query import mcp_tools as query_tools
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Turing runs the whole life of a small custom language model on this machine.
+The loop: prepare_dataset (a local JSONL/CSV file -> dataset_id) -> start_finetune (-> run_id;
+poll get_run until succeeded) -> run_eval on the run (-> eval_id; poll get_eval: exact match of
+the fine-tuned model beside the base) -> deploy the run under a deployment name ->
+query_model(model=<deployment>). Long work returns an id at once; poll for its status.
+"""
+
+
+def create_app(services: Services | None = None) -> MCPServer:
+    """Build the Turing MCP server over a workspace (TURING_HOME by default)."""
+    services = services or Services.open()
+    jobs.reconcile_all(services)
+
+    app = MCPServer(name="turing", version=__version__, instructions=INSTRUCTIONS)
+    for stage in (dataset_tools, finetune_tools, eval_tools, deploy_tools, query_tools):
+        stage.register(app, services)
+    catalog.register(app, services)
+    logger.info("turing %s serving workspace %s", __version__, services.workspace.home)
+    return app

@@ -1,0 +1,105 @@
+"""Numbered schema migrations of the registry; each runs once, in order, in a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _initial_schema(db: sqlite_utils.Database) -> None:
+    db["base_models"].create(
+        {"name": str, "gguf_path": str, "architecture": str, "source": str, "created_at": str},
+        pk="name",
+    )
+    db["datasets"].create(
+        {
+            "id": str,
+            "source_path": str,
+            "source_sha256": str,
+            "format": str,
+            "options": str,
+            "train_rows": int,
+            "validation_rows": int,
+            "folder": str,
+            "report": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["runs"].create(
+        {
+            "id": str,
+            "dataset_id": str,
+            "base_model": str,
+            "params": str,
+            "status": str,
+            "pid": int,
+            "folder": str,
+            "error": str,
+            "result": str,
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("dataset_id", "datasets", "id"), ("base_model", "base_models", "name")],
+    )
+    db["evals"].create(
+        {
+            "id": str,
+            "model": str,
+            "model_kind": str,
+            "backend": str,
+            "dataset_id": str,
+            "split": str,
+            "status": str,
+            "pid": int,
+            "folder": str,
+            "error": str,
+            "result": str,
+            "created_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db["model_versions"].create(
+        {
+            "id": str,
+            "run_id": str,
+            "base_model": str,
+            "format": str,
+            "gguf_path": str,
+            "sha256": str,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id"), ("base_model", "base_models", "name")],
+    )
+    db["deployments"].create({"name": str, "revision": int, "created_at": str}, pk="name")
+    db["deployment_revisions"].create(
+        {"deployment": str, "revision": int, "routes": str, "reason": str, "created_at": str},
+        pk=("deployment", "revision"),
+        foreign_keys=[("deployment", "deployments", "name")],
+    )
+    db["queries"].create(
+        {
+            "id": int,
+            "deployment": str,
+            "revision": int,
+            "version_id": str,
+            "latency_ms": float,
+            "time_to_first_token_ms": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "error": str,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["queries"].create_index(["deployment", "created_at"])
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "initial schema", _initial_schema),
+]

@@ -1,0 +1,32 @@
+"""The workspace: the folder (TURING_HOME) that holds the registry and every artifact."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = Path("~/.turing")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths inside one Turing workspace; folders are created on first use."""
+
+    home: Path
+
+    @classmethod
+    def from_env(cls) -> Workspace:
+        """The workspace named by TURING_HOME, or ~/.turing."""
+        raw = os.environ.get("TURING_HOME") or str(DEFAULT_HOME)
+        return cls(Path(raw).expanduser().resolve())
+
+    @property
+    def registry_path(self) -> Path:
+        return self.home / "registry.db"
+
+    def folder(self, kind: str, item_id: str = "") -> Path:
+        """The folder of one artifact kind (datasets, runs, evals, models), or of one item."""
+        path = self.home / kind / item_id if item_id else self.home / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path

@@ -1,0 +1,1 @@
+"""Lifecycle stages: datasets, fine-tuning, evaluation, deployment and queries."""

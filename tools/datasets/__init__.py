@@ -1,0 +1,1 @@
+"""Dataset preparation: parse, validate, split and store training data."""

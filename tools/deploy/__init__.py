@@ -1,0 +1,1 @@
+"""Deployment: export adapters to GGUF, register model versions, route deployments."""

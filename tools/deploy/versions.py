@@ -1,0 +1,194 @@
+"""Model versions and deployments: export a run, register the version, route a deployment to it."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from turing.server.registry import utc_now
+from turing.server.services import Services
+from turing.tools.base_models import get_base_model
+from turing.tools.errors import InvalidInputError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_FILE = "adapter.gguf"
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """Something that can answer prompts: a base model, a run, a version, or a deployment."""
+
+    kind: str
+    name: str
+    base_model: str
+    base_gguf: str
+    adapter_gguf: str | None = None
+    adapter_dir: str | None = None
+    version_id: str | None = None
+    deployment: str | None = None
+    revision: int | None = None
+
+
+def deploy(services: Services, run_id: str, deployment: str, reason: str = "") -> dict[str, Any]:
+    """Export a succeeded run's adapter to GGUF, register it as a version, route all traffic to it."""
+    from turing.tools.finetune.runs import adapter_dir, get_run
+
+    _check_deployment_name(deployment)
+    run = get_run(services, run_id)
+    source = adapter_dir(services, run_id)
+    version = _register_version(services, run, source)
+
+    previous = services.registry.find("deployments", deployment)
+    revision = 1 if previous is None else previous["revision"] + 1
+    routes = [[version["id"], 100]]
+    revision_row = {
+        "deployment": deployment,
+        "revision": revision,
+        "routes": routes,
+        "reason": reason or f"deploy {run_id}",
+        "created_at": utc_now(),
+    }
+    writes: list[tuple[str, str, Any, dict[str, Any]]] = [
+        ("insert", "deployment_revisions", None, revision_row)
+    ]
+    if previous is None:
+        writes.insert(0, ("insert", "deployments", None,
+                          {"name": deployment, "revision": 1, "created_at": utc_now()}))
+    else:
+        writes.append(("update", "deployments", deployment, {"revision": revision}))
+    services.registry.write_many(writes)
+
+    logger.info("deployment %s revision %d routes to %s (run %s)", deployment, revision,
+                version["id"], run_id)
+    return {
+        "deployment": deployment,
+        "revision": revision,
+        "version_id": version["id"],
+        "routes": [{"version_id": version["id"], "weight": 100}],
+        "gguf_path": version["gguf_path"],
+        "base_model": version["base_model"],
+    }
+
+
+def _register_version(services: Services, run: dict[str, Any], source: Path) -> dict[str, Any]:
+    """Export the adapter once; the version id is the hash of the adapter's weights."""
+    from turing.tools.deploy.gguf_export import export_lora_adapter
+
+    weights = source / "adapter_model.safetensors"
+    version_id = "mv-" + _sha256(weights)[:12]
+    existing = services.registry.find("model_versions", version_id)
+    if existing is not None:
+        return existing
+
+    base = get_base_model(services, run["base_model"])
+    out = services.workspace.folder("models", version_id) / ADAPTER_FILE
+    export_lora_adapter(source, Path(base["gguf_path"]), out)
+    row = {
+        "id": version_id,
+        "run_id": run["id"],
+        "base_model": base["name"],
+        "format": "gguf-lora-adapter",
+        "gguf_path": str(out),
+        "sha256": _sha256(out),
+        "created_at": utc_now(),
+    }
+    services.registry.insert("model_versions", row)
+    logger.info("model version %s exported from run %s to %s", version_id, run["id"], out)
+    return row
+
+
+def resolve_model(services: Services, ref: str) -> ModelTarget:
+    """Find what a model reference names: a run id, a version id, a deployment or a base model."""
+    if ref.startswith("run-"):
+        run = services.registry.get("runs", ref, "run")
+        base = get_base_model(services, run["base_model"])
+        adapter = (run["result"] or {}).get("adapter_dir")
+        if run["status"] != "succeeded" or not adapter:
+            raise InvalidInputError(f"run {ref} is {run['status']}; only a succeeded run answers")
+        return ModelTarget("run", ref, base["name"], base["gguf_path"], adapter_dir=adapter)
+    if ref.startswith("mv-"):
+        return _version_target(services, ref)
+    deployment = services.registry.find("deployments", ref)
+    if deployment is not None:
+        routes = current_routes(services, ref)
+        version_id = max(routes, key=lambda route: route[1])[0]
+        return _version_target(services, version_id, ref, deployment["revision"])
+    if services.registry.find("base_models", ref) is not None or ref == "smollm2-135m-instruct":
+        base = get_base_model(services, ref)
+        return ModelTarget("base", ref, base["name"], base["gguf_path"])
+    raise NotFoundError(
+        f"no model {ref!r}: give a run id (run-...), a model version id (mv-...), "
+        "a deployment name, or a base model name"
+    )
+
+
+def route_query(services: Services, ref: str, rng: random.Random | None = None) -> ModelTarget:
+    """The target that serves one query: for a deployment, a route drawn by its weights."""
+    deployment = services.registry.find("deployments", ref)
+    if deployment is None:
+        return resolve_model(services, ref)
+    routes = [route for route in current_routes(services, ref) if route[1] > 0]
+    chosen = (rng or random).choices(routes, weights=[route[1] for route in routes])[0]
+    return _version_target(services, chosen[0], ref, deployment["revision"])
+
+
+def current_routes(services: Services, deployment: str) -> list[list[Any]]:
+    """The (version id, weight) routes of a deployment's current revision."""
+    revision = services.registry.get("deployments", deployment, "deployment")["revision"]
+    return services.registry.get("deployment_revisions", (deployment, revision))["routes"]
+
+
+def describe_deployments(services: Services) -> list[dict[str, Any]]:
+    """Every deployment with its current revision and routes."""
+    described = []
+    for row in services.registry.rows("deployments", order_by="name"):
+        revision = services.registry.get("deployment_revisions", (row["name"], row["revision"]))
+        described.append({
+            "deployment": row["name"],
+            "revision": row["revision"],
+            "routes": [{"version_id": v, "weight": w} for v, w in revision["routes"]],
+            "reason": revision["reason"],
+            "updated_at": revision["created_at"],
+        })
+    return described
+
+
+def _version_target(
+    services: Services, version_id: str, deployment: str | None = None, revision: int | None = None
+) -> ModelTarget:
+    version = services.registry.get("model_versions", version_id, "model version")
+    base = get_base_model(services, version["base_model"])
+    run = services.registry.find("runs", version["run_id"]) or {}
+    return ModelTarget(
+        kind="deployment" if deployment else "version",
+        name=deployment or version_id,
+        base_model=base["name"],
+        base_gguf=base["gguf_path"],
+        adapter_gguf=version["gguf_path"],
+        adapter_dir=(run.get("result") or {}).get("adapter_dir"),
+        version_id=version_id,
+        deployment=deployment,
+        revision=revision,
+    )
+
+
+def _check_deployment_name(name: str) -> None:
+    allowed = name.replace("-", "").replace("_", "").replace(".", "")
+    if not name or not allowed.isalnum() or name.startswith(("run-", "mv-")) or len(name) > 64:
+        raise InvalidInputError(
+            f"deployment name {name!r} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "
+            "not starting with 'run-' or 'mv-'"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

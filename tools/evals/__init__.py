@@ -1,0 +1,1 @@
+"""Evaluation: score a model on a dataset split."""

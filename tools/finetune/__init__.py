@@ -1,0 +1,1 @@
+"""Fine-tuning: LoRA training of a base model in a child process."""

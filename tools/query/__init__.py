@@ -1,0 +1,1 @@
+"""Queries: serve chat completions from GGUF models with llama.cpp."""
