@@ -45,10 +45,10 @@ def score(
     for start in range(0, len(rows), BATCH):
         batch = rows[start : start + BATCH]
         prompts = [split_reference(row)[0] for row in batch]
-        for row, prediction in zip(batch, generate(prompts), strict=True):
+        for row, prompt, prediction in zip(batch, prompts, generate(prompts), strict=True):
             reference = split_reference(row)[1]
             scored.append({
-                "prompt": row["messages"][-2]["content"] if len(row["messages"]) > 1 else "",
+                "messages": prompt,
                 "reference": reference,
                 "prediction": prediction,
                 "correct": normalise(prediction) == normalise(reference),

@@ -1,0 +1,49 @@
+"""Shared fixtures: a throwaway workspace, a real MCP client session, a tiny base model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+
+from turing.server.quickstart import Session, server_parameters
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path | None:
+    """The shared public datasets: TURING_SHARED_DATA, or ../shared/data beside the repository."""
+    configured = os.environ.get("TURING_SHARED_DATA")
+    candidate = Path(configured) if configured else REPO.parent / "shared" / "data"
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip("shared datasets not found: set TURING_SHARED_DATA to the shared data folder")
+    return found
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised two-layer llama with SmolLM2's tokenizer, written as a GGUF."""
+    from tests.tiny_model import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "tiny-llama.gguf")
+
+
+@pytest.fixture
+async def session(tmp_path: Path) -> AsyncIterator[Session]:
+    """A real MCP client session with `turing serve` launched over stdio on a fresh workspace."""
+    async with Client(server_parameters(str(tmp_path / "home"))) as client:
+        yield Session(client)

@@ -1,0 +1,28 @@
+"""Helpers shared by tests: polling jobs through MCP and writing small input files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from turing.server.quickstart import Session
+
+
+async def wait_until_done(session: Session, tool: str, key: str, item_id: str,
+                          timeout: float = 900) -> dict[str, Any]:
+    """Poll get_run or get_eval until the job leaves the running states."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await session.call(tool, **{key: item_id})
+        if found["status"] not in ("running", "cancelling"):
+            return found
+        assert loop.time() < deadline, f"{item_id} still {found['status']} after {timeout} s"
+        await asyncio.sleep(0.5)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
