@@ -54,7 +54,9 @@ def sample_train(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     for row in rows:
         by_intent[row["category"]].append(row)
     rng = random.Random(SEED)
-    return [row for intent in sorted(by_intent) for row in rng.sample(by_intent[intent], PER_INTENT)]
+    return [
+        row for intent in sorted(by_intent) for row in rng.sample(by_intent[intent], PER_INTENT)
+    ]
 
 
 def write_csv(rows: list[dict[str, str]], path: Path) -> Path:
@@ -73,10 +75,14 @@ async def main(home: Path, out: Path | None) -> int:
     test_rows = random.Random(SEED).sample(read_rows(source / "test.csv"), TEST_ROWS)
     test = write_csv(test_rows, work / "banking77_test.csv")
 
-    options = {"columns": {"user": "text", "assistant": "category"},
-               "system_prompt": SYSTEM_PROMPT}
-    plan = LifecyclePlan(data=train, prepare_options={**options, "validation_fraction": 0.0},
-                         eval_data=test, eval_options=options, deployment="banking77")
+    options = {"columns": {"user": "text", "assistant": "category"}, "system_prompt": SYSTEM_PROMPT}
+    plan = LifecyclePlan(
+        data=train,
+        prepare_options={**options, "validation_fraction": 0.0},
+        eval_data=test,
+        eval_options=options,
+        deployment="banking77",
+    )
     async with Client(server_parameters(str(home))) as client:
         summary = await drive_lifecycle(Session(client), plan)
 
@@ -84,13 +90,21 @@ async def main(home: Path, out: Path | None) -> int:
     result, served = summary["eval"]["result"], summary["served_eval"]["result"]
     gain = result["exact_match"] - result["base_exact_match"]
     export_gap = abs(served["exact_match"] - result["exact_match"])
-    checks = {"gain_over_base_at_least_30_points": gain >= 0.30,
-              "served_within_3_points_of_pytorch": export_gap <= 0.03}
-    report = {"base": result["base_exact_match"], "fine_tuned": result["exact_match"],
-              "served": served["exact_match"], "gain": round(gain, 4),
-              "export_gap": round(export_gap, 4), "rows": result["rows"],
-              "train_seconds": summary["run"]["result"]["seconds"],
-              "wall_seconds": summary["wall_seconds"], "checks": checks}
+    checks = {
+        "gain_over_base_at_least_30_points": gain >= 0.30,
+        "served_within_3_points_of_pytorch": export_gap <= 0.03,
+    }
+    report = {
+        "base": result["base_exact_match"],
+        "fine_tuned": result["exact_match"],
+        "served": served["exact_match"],
+        "gain": round(gain, 4),
+        "export_gap": round(export_gap, 4),
+        "rows": result["rows"],
+        "train_seconds": summary["run"]["result"]["seconds"],
+        "wall_seconds": summary["wall_seconds"],
+        "checks": checks,
+    }
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     if out:
         out.write_text(json.dumps(report, indent=2) + "\n")

@@ -8,11 +8,11 @@ import sqlite_utils
 
 
 def _initial_schema(db: sqlite_utils.Database) -> None:
-    db["base_models"].create(
+    db.table("base_models").create(
         {"name": str, "gguf_path": str, "architecture": str, "source": str, "created_at": str},
         pk="name",
     )
-    db["datasets"].create(
+    db.table("datasets").create(
         {
             "id": str,
             "source_path": str,
@@ -27,7 +27,7 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": str,
             "dataset_id": str,
@@ -44,7 +44,7 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("dataset_id", "datasets", "id"), ("base_model", "base_models", "name")],
     )
-    db["evals"].create(
+    db.table("evals").create(
         {
             "id": str,
             "model": str,
@@ -63,7 +63,7 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("dataset_id", "datasets", "id")],
     )
-    db["model_versions"].create(
+    db.table("model_versions").create(
         {
             "id": str,
             "run_id": str,
@@ -76,13 +76,13 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         pk="id",
         foreign_keys=[("run_id", "runs", "id"), ("base_model", "base_models", "name")],
     )
-    db["deployments"].create({"name": str, "revision": int, "created_at": str}, pk="name")
-    db["deployment_revisions"].create(
+    db.table("deployments").create({"name": str, "revision": int, "created_at": str}, pk="name")
+    db.table("deployment_revisions").create(
         {"deployment": str, "revision": int, "routes": str, "reason": str, "created_at": str},
         pk=("deployment", "revision"),
         foreign_keys=[("deployment", "deployments", "name")],
     )
-    db["queries"].create(
+    db.table("queries").create(
         {
             "id": int,
             "deployment": str,
@@ -97,7 +97,7 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
         },
         pk="id",
     )
-    db["queries"].create_index(["deployment", "created_at"])
+    db.table("queries").create_index(["deployment", "created_at"])
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [

@@ -71,25 +71,40 @@ async def drive_lifecycle(session: Session, plan: LifecyclePlan) -> dict[str, An
     """Run prepare -> fine-tune -> eval -> deploy -> eval served -> query; return a summary."""
     started = time.time()
     dataset = await session.call("prepare_dataset", path=str(plan.data), **plan.prepare_options)
-    tqdm.write(f"dataset {dataset['dataset_id']}: {dataset['train_rows']} train, "
-               f"{dataset['validation_rows']} validation rows", file=sys.stderr)
+    tqdm.write(
+        f"dataset {dataset['dataset_id']}: {dataset['train_rows']} train, "
+        f"{dataset['validation_rows']} validation rows",
+        file=sys.stderr,
+    )
     eval_dataset, split = dataset, "validation"
     if plan.eval_data:
         options = {**plan.eval_options, "validation_fraction": 0.0}
         eval_dataset = await session.call("prepare_dataset", path=str(plan.eval_data), **options)
         split = "all"
 
-    run = await session.call("start_finetune", dataset_id=dataset["dataset_id"],
-                             hyperparameters=plan.hyperparameters)
+    run = await session.call(
+        "start_finetune", dataset_id=dataset["dataset_id"], hyperparameters=plan.hyperparameters
+    )
     run = await wait_for_run(session, run["run_id"])
 
-    scored = await wait_for_eval(session, "evaluate fine-tuned vs base", model=run["run_id"],
-                                 dataset_id=eval_dataset["dataset_id"], split=split)
-    deployed = await session.call("deploy", run_id=run["run_id"], deployment=plan.deployment,
-                                  reason="lifecycle run")
-    served = await wait_for_eval(session, "evaluate the served GGUF", model=plan.deployment,
-                                 dataset_id=eval_dataset["dataset_id"], split=split,
-                                 compare_base=False)
+    scored = await wait_for_eval(
+        session,
+        "evaluate fine-tuned vs base",
+        model=run["run_id"],
+        dataset_id=eval_dataset["dataset_id"],
+        split=split,
+    )
+    deployed = await session.call(
+        "deploy", run_id=run["run_id"], deployment=plan.deployment, reason="lifecycle run"
+    )
+    served = await wait_for_eval(
+        session,
+        "evaluate the served GGUF",
+        model=plan.deployment,
+        dataset_id=eval_dataset["dataset_id"],
+        split=split,
+        compare_base=False,
+    )
 
     sample = await first_conversation(session, scored["eval_id"])
     answer = await session.call("query_model", model=plan.deployment, messages=sample["messages"])
@@ -113,8 +128,11 @@ async def wait_for_run(session: Session, run_id: str) -> dict[str, Any]:
         if progress:
             bar.total = progress["total_steps"]
             bar.n = progress["step"]
-            bar.set_postfix(loss=f"{progress['loss']:.3f}",
-                            tok_s=f"{progress.get('tokens_per_second', 0):.0f}", refresh=False)
+            bar.set_postfix(
+                loss=f"{progress['loss']:.3f}",
+                tok_s=f"{progress.get('tokens_per_second', 0):.0f}",
+                refresh=False,
+            )
             bar.refresh()
         if run["status"] not in ("running", "cancelling"):
             bar.close()
@@ -138,8 +156,9 @@ async def wait_for_eval(session: Session, label: str, **arguments: Any) -> dict[
             bar.refresh()
     bar.close()
     if evaluation["status"] != "succeeded":
-        raise LifecycleError(f"eval {evaluation['eval_id']} {evaluation['status']}: "
-                             f"{evaluation['error']}")
+        raise LifecycleError(
+            f"eval {evaluation['eval_id']} {evaluation['status']}: {evaluation['error']}"
+        )
     return evaluation
 
 
@@ -158,24 +177,26 @@ def format_summary(summary: dict[str, Any]) -> str:
     deployment = summary["deployment"]
     sample = summary["sample"]
     answer = sample["answer"]
-    return "\n".join([
-        "",
-        "Turing lifecycle finished",
-        f"  dataset      {summary['dataset']['dataset_id']} "
-        f"({summary['dataset']['train_rows']} train rows)",
-        f"  run          {summary['run']['run_id']}: {run['steps']} steps, "
-        f"final loss {run['final_loss']:.3f}, {run['seconds']:.0f} s",
-        f"  exact match  base {result['base_exact_match']:.1%}  ->  fine-tuned "
-        f"{result['exact_match']:.1%} (PyTorch adapter, {result['rows']} rows)",
-        f"  served       {served['exact_match']:.1%} from the GGUF via llama.cpp",
-        f"  deployment   {deployment['deployment']} revision {deployment['revision']} -> "
-        f"{deployment['version_id']}",
-        f"  sample       {sample['messages'][-1]['content']!r}",
-        f"    answer     {answer['text']!r} (expected {sample['reference']!r}; "
-        f"{answer['latency_ms']:.0f} ms, {answer['completion_tokens']} tokens)",
-        f"  wall time    {summary['wall_seconds']:.0f} s",
-        "",
-    ])
+    return "\n".join(
+        [
+            "",
+            "Turing lifecycle finished",
+            f"  dataset      {summary['dataset']['dataset_id']} "
+            f"({summary['dataset']['train_rows']} train rows)",
+            f"  run          {summary['run']['run_id']}: {run['steps']} steps, "
+            f"final loss {run['final_loss']:.3f}, {run['seconds']:.0f} s",
+            f"  exact match  base {result['base_exact_match']:.1%}  ->  fine-tuned "
+            f"{result['exact_match']:.1%} (PyTorch adapter, {result['rows']} rows)",
+            f"  served       {served['exact_match']:.1%} from the GGUF via llama.cpp",
+            f"  deployment   {deployment['deployment']} revision {deployment['revision']} -> "
+            f"{deployment['version_id']}",
+            f"  sample       {sample['messages'][-1]['content']!r}",
+            f"    answer     {answer['text']!r} (expected {sample['reference']!r}; "
+            f"{answer['latency_ms']:.0f} ms, {answer['completion_tokens']} tokens)",
+            f"  wall time    {summary['wall_seconds']:.0f} s",
+            "",
+        ]
+    )
 
 
 def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:
@@ -184,15 +205,21 @@ def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:
     if args.columns:
         pairs = [item.split("=", 1) for item in args.columns.split(",")]
         if any(len(pair) != 2 for pair in pairs):
-            raise LifecycleError(f"--columns {args.columns!r}: use role=column pairs, "
-                                 "e.g. user=text,assistant=category")
+            raise LifecycleError(
+                f"--columns {args.columns!r}: use role=column pairs, "
+                "e.g. user=text,assistant=category"
+            )
         options["columns"] = {role.strip(): column.strip() for role, column in pairs}
     if args.system_prompt:
         options["system_prompt"] = args.system_prompt
     hyperparameters = {"epochs": args.epochs} if args.epochs else {}
     data = Path(args.data) if args.data else SAMPLE_DATA / "support_tickets.jsonl"
-    return LifecyclePlan(data=data.resolve(), prepare_options=options,
-                         hyperparameters=hyperparameters, deployment=args.deployment)
+    return LifecyclePlan(
+        data=data.resolve(),
+        prepare_options=options,
+        hyperparameters=hyperparameters,
+        deployment=args.deployment,
+    )
 
 
 async def _quickstart(plan: LifecyclePlan) -> dict[str, Any]:

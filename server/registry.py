@@ -51,7 +51,7 @@ class Registry:
                 self.db.execute("BEGIN IMMEDIATE")
                 try:
                     apply(self.db)
-                    self.db["_migrations"].insert(
+                    self.db.table("_migrations").insert(
                         {"number": number, "name": name, "applied_at": utc_now()}
                     )
                     self.db.execute("COMMIT")
@@ -63,19 +63,19 @@ class Registry:
     def insert(self, table: str, row: dict[str, Any]) -> dict[str, Any]:
         """Insert one row; JSON columns may be given as Python objects."""
         with self._lock:
-            self.db[table].insert(_encode(row))
+            self.db.table(table).insert(_encode(row))
         return row
 
     def update(self, table: str, key: Any, changes: dict[str, Any]) -> None:
         """Change some columns of one row."""
         with self._lock:
-            self.db[table].update(key, _encode(changes))
+            self.db.table(table).update(key, _encode(changes))
 
     def get(self, table: str, key: Any, what: str = "") -> dict[str, Any]:
         """One row by primary key, or NotFoundError naming what was asked for."""
         with self._lock:
             try:
-                row = self.db[table].get(key)
+                row = self.db.table(table).get(key)
             except sqlite_utils.db.NotFoundError:
                 label = what or table.rstrip("s").replace("_", " ")
                 raise NotFoundError(f"no {label} {key!r}; list them to see what exists") from None
@@ -85,7 +85,7 @@ class Registry:
         """One row by primary key, or None."""
         with self._lock:
             try:
-                return _decode(self.db[table].get(key))
+                return _decode(self.db.table(table).get(key))
             except sqlite_utils.db.NotFoundError:
                 return None
 
@@ -94,7 +94,7 @@ class Registry:
     ) -> list[dict[str, Any]]:
         """Rows of a table matching a SQL condition, decoded."""
         with self._lock:
-            found = self.db[table].rows_where(where, params, order_by=order_by)
+            found = self.db.table(table).rows_where(where, params, order_by=order_by)
             return [_decode(row) for row in found]
 
     def write_many(self, writes: list[tuple[str, str, Any, dict[str, Any]]]) -> None:
@@ -104,9 +104,9 @@ class Registry:
             try:
                 for action, table, key, row in writes:
                     if action == "insert":
-                        self.db[table].insert(_encode(row))
+                        self.db.table(table).insert(_encode(row))
                     else:
-                        self.db[table].update(key, _encode(row))
+                        self.db.table(table).update(key, _encode(row))
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")

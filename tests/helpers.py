@@ -10,8 +10,9 @@ from typing import Any
 from turing.server.quickstart import Session
 
 
-async def wait_until_done(session: Session, tool: str, key: str, item_id: str,
-                          timeout: float = 900) -> dict[str, Any]:
+async def wait_until_done(
+    session: Session, tool: str, key: str, item_id: str, timeout: float = 900
+) -> dict[str, Any]:
     """Poll get_run or get_eval until the job leaves the running states."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -50,7 +50,7 @@ def reconcile_all(services: Services) -> None:
 
 
 def read_events(folder: Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
-    """Every complete JSON line a worker has appended so far (a half-written last line is skipped)."""
+    """Every complete JSON line a worker has appended (a half-written last line is skipped)."""
     path = folder / name
     if not path.exists():
         return []

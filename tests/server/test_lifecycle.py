@@ -15,24 +15,43 @@ from turing.server.quickstart import LifecycleError, Session
 pytestmark = pytest.mark.anyio
 
 LABELS = {
-    "billing": ["I was charged twice this month", "my invoice shows the wrong amount",
-                "why did my card get billed again", "the payment on my statement is too high",
-                "please fix the extra charge", "billing took money two times"],
-    "login": ["I cannot sign in to my account", "password reset email never arrives",
-              "my login keeps failing", "locked out after too many attempts",
-              "two factor code is not accepted", "cannot access my profile"],
-    "shipping": ["where is my parcel", "the package has not arrived yet",
-                 "tracking number shows no updates", "delivery is a week late",
-                 "my order was sent to the wrong address", "courier lost my box"],
+    "billing": [
+        "I was charged twice this month",
+        "my invoice shows the wrong amount",
+        "why did my card get billed again",
+        "the payment on my statement is too high",
+        "please fix the extra charge",
+        "billing took money two times",
+    ],
+    "login": [
+        "I cannot sign in to my account",
+        "password reset email never arrives",
+        "my login keeps failing",
+        "locked out after too many attempts",
+        "two factor code is not accepted",
+        "cannot access my profile",
+    ],
+    "shipping": [
+        "where is my parcel",
+        "the package has not arrived yet",
+        "tracking number shows no updates",
+        "delivery is a week late",
+        "my order was sent to the wrong address",
+        "courier lost my box",
+    ],
 }
 SYSTEM = "Classify the ticket as billing, login or shipping."
 
 
 def ticket_rows() -> list[dict]:
     return [
-        {"messages": [{"role": "system", "content": SYSTEM},
-                      {"role": "user", "content": text},
-                      {"role": "assistant", "content": label}]}
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": text},
+                {"role": "assistant", "content": label},
+            ]
+        }
         for label, texts in LABELS.items()
         for text in texts
     ]
@@ -51,13 +70,17 @@ async def test_every_stage_runs_through_the_mcp_tools(
     session: Session, tmp_path: Path, tiny_base: Path
 ) -> None:
     dataset_id = await prepare(session, tmp_path, tiny_base)
-    again = await session.call("prepare_dataset", path=str(tmp_path / "tickets.jsonl"),
-                               validation_fraction=0.34)
+    again = await session.call(
+        "prepare_dataset", path=str(tmp_path / "tickets.jsonl"), validation_fraction=0.34
+    )
     assert again["dataset_id"] == dataset_id
 
-    started = await session.call("start_finetune", dataset_id=dataset_id, base_model="tiny",
-                                 hyperparameters={"epochs": 4, "batch_size": 4,
-                                                  "learning_rate": 0.01})
+    started = await session.call(
+        "start_finetune",
+        dataset_id=dataset_id,
+        base_model="tiny",
+        hyperparameters={"epochs": 4, "batch_size": 4, "learning_rate": 0.01},
+    )
     assert started["status"] == "running"
     run = await wait_until_done(session, "get_run", "run_id", started["run_id"])
     assert run["status"] == "succeeded", run["error"]
@@ -89,16 +112,20 @@ async def test_every_stage_runs_through_the_mcp_tools(
     redeployed = await session.call("deploy", run_id=run["run_id"], deployment="triage")
     assert redeployed["revision"] == 2 and redeployed["version_id"] == deployed["version_id"]
 
-    answer = await session.call("query_model", model="triage",
-                                messages=[{"role": "user", "content": "where is my parcel"}],
-                                max_tokens=8)
+    answer = await session.call(
+        "query_model",
+        model="triage",
+        messages=[{"role": "user", "content": "where is my parcel"}],
+        max_tokens=8,
+    )
     assert isinstance(answer["text"], str) and "<|im_" not in answer["text"]
     assert answer["version_id"] == deployed["version_id"] and answer["revision"] == 2
     assert answer["prompt_tokens"] > 0 and 0 < answer["completion_tokens"] <= 8
     assert answer["latency_ms"] > 0
 
-    served = await session.call("run_eval", model="triage", dataset_id=dataset_id,
-                                compare_base=False)
+    served = await session.call(
+        "run_eval", model="triage", dataset_id=dataset_id, compare_base=False
+    )
     served = await wait_until_done(session, "get_eval", "eval_id", served["eval_id"])
     assert served["status"] == "succeeded" and served["backend"] == "llama_cpp"
 
@@ -110,8 +137,12 @@ async def test_a_cancelled_run_ends_cancelled(
     session: Session, tmp_path: Path, tiny_base: Path
 ) -> None:
     dataset_id = await prepare(session, tmp_path, tiny_base)
-    run = await session.call("start_finetune", dataset_id=dataset_id, base_model="tiny",
-                             hyperparameters={"epochs": 100, "batch_size": 1})
+    run = await session.call(
+        "start_finetune",
+        dataset_id=dataset_id,
+        base_model="tiny",
+        hyperparameters={"epochs": 100, "batch_size": 1},
+    )
     cancelling = await session.call("cancel_run", run_id=run["run_id"])
     assert cancelling["status"] == "cancelling"
     ended = await wait_until_done(session, "get_run", "run_id", run["run_id"], timeout=120)
@@ -124,15 +155,24 @@ async def test_a_cancelled_run_ends_cancelled(
     ("tool", "arguments", "message"),
     [
         ("get_run", {"run_id": "run-missing"}, "no run 'run-missing'"),
-        ("start_finetune", {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
-         "lora_rank=0.*unknown hyperparameter 'lr'"),
+        (
+            "start_finetune",
+            {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
+            "lora_rank=0.*unknown hyperparameter 'lr'",
+        ),
         ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
-        ("query_model", {"model": "nobody", "messages": [{"role": "user", "content": "hi"}]},
-         "no model 'nobody'"),
+        (
+            "query_model",
+            {"model": "nobody", "messages": [{"role": "user", "content": "hi"}]},
+            "no model 'nobody'",
+        ),
         ("query_model", {"model": "smollm2-135m-instruct", "messages": []}, "messages is empty"),
         ("deploy", {"run_id": "run-missing", "deployment": "x"}, "no run 'run-missing'"),
-        ("run_eval", {"model": "smollm2-135m-instruct", "dataset_id": "ds-missing"},
-         "no dataset 'ds-missing'"),
+        (
+            "run_eval",
+            {"model": "smollm2-135m-instruct", "dataset_id": "ds-missing"},
+            "no dataset 'ds-missing'",
+        ),
     ],
 )
 async def test_bad_requests_get_errors_that_name_the_value(
@@ -166,8 +206,12 @@ def test_listing_tools_loads_neither_torch_nor_a_model(tmp_path: Path) -> None:
         "heavy = [m for m in ('torch', 'transformers', 'llama_cpp', 'peft') if m in sys.modules]\n"
         "print(len(names), heavy)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={"TURING_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"TURING_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "13 []"

@@ -25,14 +25,18 @@ async def test_smollm2_trains_exports_and_answers_over_a_clean_stdio_wire(
         if isinstance(message, Exception):
             wire_faults.append(message)
 
-    async with Client(server_parameters(str(tmp_path / "home")),
-                      message_handler=on_message) as client:
+    async with Client(
+        server_parameters(str(tmp_path / "home")), message_handler=on_message
+    ) as client:
         session = Session(client)
         data = write_jsonl(tmp_path / "tickets.jsonl", ticket_rows())
         dataset = await session.call("prepare_dataset", path=str(data), validation_fraction=0.2)
 
-        started = await session.call("start_finetune", dataset_id=dataset["dataset_id"],
-                                     hyperparameters={"epochs": 1, "batch_size": 8})
+        started = await session.call(
+            "start_finetune",
+            dataset_id=dataset["dataset_id"],
+            hyperparameters={"epochs": 1, "batch_size": 8},
+        )
         run = await wait_until_done(session, "get_run", "run_id", started["run_id"])
         assert run["status"] == "succeeded", run["error"]
         assert run["base_model"] == "smollm2-135m-instruct"
@@ -40,7 +44,9 @@ async def test_smollm2_trains_exports_and_answers_over_a_clean_stdio_wire(
 
         deployed = await session.call("deploy", run_id=run["run_id"], deployment="smol")
         answer = await session.call(
-            "query_model", model="smol", max_tokens=24,
+            "query_model",
+            model="smol",
+            max_tokens=24,
             messages=[{"role": "user", "content": "What is the capital of France?"}],
         )
 

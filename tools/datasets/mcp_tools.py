@@ -23,7 +23,7 @@ def register(app: MCPServer, services: Services) -> None:
         seed: int = 0,
         on_error: str = "reject",
     ) -> dict[str, Any]:
-        """Turn a local training file into a stored, versioned dataset with a train/validation split.
+        """Turn a local training file into a stored, versioned dataset with a validation split.
 
         Call this first: fine-tuning and evaluation take the returned dataset_id. The same file
         and options return the same dataset_id, so calling twice is safe.

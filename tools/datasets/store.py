@@ -34,7 +34,9 @@ def create_dataset(services: Services, path: str, **options: Any) -> dict[str, A
         logger.info("dataset %s already stored; returning it", dataset_id)
         return describe_dataset(existing)
 
-    folder = _write_files(services, dataset_id, prepared.train, prepared.validation, prepared.report)
+    folder = _write_files(
+        services, dataset_id, prepared.train, prepared.validation, prepared.report
+    )
     row = {
         "id": dataset_id,
         "source_path": str(source),
@@ -48,8 +50,12 @@ def create_dataset(services: Services, path: str, **options: Any) -> dict[str, A
         "created_at": utc_now(),
     }
     services.registry.insert("datasets", row)
-    logger.info("stored dataset %s: %d train, %d validation rows", dataset_id,
-                row["train_rows"], row["validation_rows"])
+    logger.info(
+        "stored dataset %s: %d train, %d validation rows",
+        dataset_id,
+        row["train_rows"],
+        row["validation_rows"],
+    )
     return describe_dataset(row)
 
 

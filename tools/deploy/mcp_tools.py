@@ -27,9 +27,7 @@ def register(app: MCPServer, services: Services) -> None:
             deployment: Endpoint name: 1-64 letters, digits, '-', '_' or '.'.
             reason: Why this revision exists; recorded with it.
         """
-        return await anyio.to_thread.run_sync(
-            versions.deploy, services, run_id, deployment, reason
-        )
+        return await anyio.to_thread.run_sync(versions.deploy, services, run_id, deployment, reason)
 
     @app.tool()
     def list_deployments() -> list[dict[str, Any]]:

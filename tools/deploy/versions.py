@@ -35,7 +35,7 @@ class ModelTarget:
 
 
 def deploy(services: Services, run_id: str, deployment: str, reason: str = "") -> dict[str, Any]:
-    """Export a succeeded run's adapter to GGUF, register it as a version, route all traffic to it."""
+    """Export a run's adapter to GGUF, register it as a version and route all traffic to it."""
     from turing.tools.finetune.runs import adapter_dir, get_run
 
     _check_deployment_name(deployment)
@@ -57,14 +57,26 @@ def deploy(services: Services, run_id: str, deployment: str, reason: str = "") -
         ("insert", "deployment_revisions", None, revision_row)
     ]
     if previous is None:
-        writes.insert(0, ("insert", "deployments", None,
-                          {"name": deployment, "revision": 1, "created_at": utc_now()}))
+        writes.insert(
+            0,
+            (
+                "insert",
+                "deployments",
+                None,
+                {"name": deployment, "revision": 1, "created_at": utc_now()},
+            ),
+        )
     else:
         writes.append(("update", "deployments", deployment, {"revision": revision}))
     services.registry.write_many(writes)
 
-    logger.info("deployment %s revision %d routes to %s (run %s)", deployment, revision,
-                version["id"], run_id)
+    logger.info(
+        "deployment %s revision %d routes to %s (run %s)",
+        deployment,
+        revision,
+        version["id"],
+        run_id,
+    )
     return {
         "deployment": deployment,
         "revision": revision,
@@ -148,13 +160,15 @@ def describe_deployments(services: Services) -> list[dict[str, Any]]:
     described = []
     for row in services.registry.rows("deployments", order_by="name"):
         revision = services.registry.get("deployment_revisions", (row["name"], row["revision"]))
-        described.append({
-            "deployment": row["name"],
-            "revision": row["revision"],
-            "routes": [{"version_id": v, "weight": w} for v, w in revision["routes"]],
-            "reason": revision["reason"],
-            "updated_at": revision["created_at"],
-        })
+        described.append(
+            {
+                "deployment": row["name"],
+                "revision": row["revision"],
+                "routes": [{"version_id": v, "weight": w} for v, w in revision["routes"]],
+                "reason": revision["reason"],
+                "updated_at": revision["created_at"],
+            }
+        )
     return described
 
 

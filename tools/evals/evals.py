@@ -67,8 +67,15 @@ def start_eval(
             "created_at": utc_now(),
         },
     )
-    logger.info("eval %s of %s (%s) on %s/%s: %d rows", eval_id, model, backend, dataset_id,
-                split, len(rows))
+    logger.info(
+        "eval %s of %s (%s) on %s/%s: %d rows",
+        eval_id,
+        model,
+        backend,
+        dataset_id,
+        split,
+        len(rows),
+    )
     return get_eval(services, eval_id)
 
 

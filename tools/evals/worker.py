@@ -47,12 +47,14 @@ def score(
         prompts = [split_reference(row)[0] for row in batch]
         for row, prompt, prediction in zip(batch, prompts, generate(prompts), strict=True):
             reference = split_reference(row)[1]
-            scored.append({
-                "messages": prompt,
-                "reference": reference,
-                "prediction": prediction,
-                "correct": normalise(prediction) == normalise(reference),
-            })
+            scored.append(
+                {
+                    "messages": prompt,
+                    "reference": reference,
+                    "prediction": prediction,
+                    "correct": normalise(prediction) == normalise(reference),
+                }
+            )
         progress(phase=phase, done=len(scored), total=len(rows))
     return scored
 
@@ -103,8 +105,13 @@ def run(folder: Path) -> dict[str, Any]:
         result.update(_summary(base, "base_"))
 
     write_jsonl(scored, folder / "predictions.jsonl")
-    result.update(status="succeeded", metric="exact_match", rows=len(rows),
-                  max_new_tokens=max_new_tokens, seconds=round(time.time() - started, 1))
+    result.update(
+        status="succeeded",
+        metric="exact_match",
+        rows=len(rows),
+        max_new_tokens=max_new_tokens,
+        seconds=round(time.time() - started, 1),
+    )
     return result
 
 
@@ -114,8 +121,11 @@ def _summary(scored: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     folder = Path(sys.argv[1])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -125,8 +135,9 @@ def main() -> None:
         raise
     except Exception as exc:
         logger.exception("evaluation failed")
-        write_json_atomic(folder / "result.json",
-                          {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        write_json_atomic(
+            folder / "result.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        )
         sys.exit(1)
     write_json_atomic(folder / "result.json", result)
     logger.info("evaluation finished: %s", result)

@@ -43,7 +43,7 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.tool()
     def list_runs(status: str | None = None) -> list[dict[str, Any]]:
-        """List fine-tuning runs, newest first; status filters (running, succeeded, failed, cancelled)."""
+        """List fine-tuning runs, newest first; status: running, succeeded, failed or cancelled."""
         return runs.list_runs(services, status)
 
     @app.tool()

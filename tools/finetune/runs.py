@@ -120,7 +120,5 @@ def adapter_dir(services: Services, run_id: str) -> Path:
     """The trained adapter of a finished run, or an error saying why there is none."""
     row = get_run(services, run_id)
     if row["status"] != "succeeded":
-        raise ConflictError(
-            f"run {run_id} is {row['status']}; only a succeeded run has an adapter"
-        )
+        raise ConflictError(f"run {run_id} is {row['status']}; only a succeeded run has an adapter")
     return Path(row["result"]["adapter_dir"])

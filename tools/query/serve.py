@@ -28,7 +28,9 @@ def query_model(
     """Generate the assistant's reply with llama.cpp; blocking, so call it off the event loop."""
     check_messages(messages)
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise InvalidInputError(f"max_tokens={max_tokens}: must be between 1 and {MAX_TOKENS_LIMIT}")
+        raise InvalidInputError(
+            f"max_tokens={max_tokens}: must be between 1 and {MAX_TOKENS_LIMIT}"
+        )
     if not 0.0 <= temperature <= 2.0:
         raise InvalidInputError(f"temperature={temperature}: must be between 0 and 2")
     target = route_query(services, model)
