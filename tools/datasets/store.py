@@ -68,7 +68,7 @@ def describe_dataset(row: dict[str, Any]) -> dict[str, Any]:
         "format": row["format"],
         "train_rows": row["train_rows"],
         "validation_rows": row["validation_rows"],
-        "labels": report.get("label_distribution"),
+        "labels": report.get("labels"),
         "dropped": report.get("rows_dropped"),
         "report_uri": f"turing://datasets/{row['id']}/report",
     }
