@@ -14,7 +14,7 @@ from turing.tools import jobs
 from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
 from turing.tools.datasets.store import split_path
 from turing.tools.errors import ConflictError
-from turing.tools.finetune.params import parse_params
+from turing.tools.finetune.train import parse_params
 
 logger = logging.getLogger(__name__)
 
