@@ -57,13 +57,15 @@ class Session:
         return data["result"] if set(data) == {"result"} else data
 
 
-def server_parameters(home: str | None = None) -> StdioServerParameters:
+def server_parameters(home: str | None = None, log_level: str = "INFO") -> StdioServerParameters:
     """How to launch `turing serve` with this interpreter and workspace."""
     env = {key: os.environ[key] for key in ("TURING_HOME", "OMP_NUM_THREADS") if key in os.environ}
     if home:
         env["TURING_HOME"] = home
     return StdioServerParameters(
-        command=sys.executable, args=["-m", "turing.server.cli", "serve"], env=env
+        command=sys.executable,
+        args=["-m", "turing.server.cli", "--log-level", log_level, "serve"],
+        env=env,
     )
 
 
@@ -223,7 +225,8 @@ def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:
 
 
 async def _quickstart(plan: LifecyclePlan) -> dict[str, Any]:
-    async with Client(server_parameters()) as client:
+    # The server's own log would interleave with the progress bars; keep only its warnings.
+    async with Client(server_parameters(log_level="WARNING")) as client:
         return await drive_lifecycle(Session(client), plan)
 
 
