@@ -73,7 +73,7 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
 
 
 def encode_text(tokenizer: Any, text: str, *, at_start: bool = True) -> list[int]:
-    """Tokenise rendered chat text the way llama.cpp does: special tokens parsed, BOS as the model asks.
+    """Tokenise chat text as llama.cpp does: special tokens parsed, a BOS only if the model asks.
 
     llama.cpp prepends BOS only when the GGUF sets `tokenizer.ggml.add_bos_token` (SmolLM2 does
     not); transformers carries that flag over as `tokenizer.add_bos_token`. A template that already

@@ -1,8 +1,7 @@
-"""Training worker: `python -m turing.tools.finetune.worker RUN_DIR` fine-tunes one run.
+"""The fine-tuning child process: `python -m turing.tools.finetune.worker RUN_DIR`.
 
-Reads `job.json` (base_gguf, train_path, validation_path, params), appends every step and
-validation to `metrics.jsonl`, saves the adapter to `adapter/` and ends with `result.json`.
-SIGTERM stops it at the next step boundary with status cancelled.
+It reads `job.json`, appends progress to `metrics.jsonl`, logs to stderr, and ends by writing
+`result.json` (and `adapter/` on success), both renamed into place so they are never half written.
 """
 
 from __future__ import annotations
@@ -13,92 +12,162 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from turing.server.jobs import write_json_atomic
-from turing.tools.chat import read_chat_template
+from turing.server.registry import utc_now
 from turing.tools.datasets.prepare import read_jsonl
 from turing.tools.errors import TuringError
 
-logger = logging.getLogger("turing.train")
+logger = logging.getLogger(__name__)
+
+ADAPTER_NAME = "adapter"
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
 
 
-class MetricsFile:
-    """Appends events as JSON lines, flushed one by one so readers see progress live."""
+class MetricsWriter:
+    """Appends one JSON object per line to metrics.jsonl, flushed at once for live readers."""
 
-    def __init__(self, path: Path):
-        self.handle = open(path, "a", buffering=1)  # noqa: SIM115 (open for the whole run)
+    def __init__(self, handle: TextIO, total_log_lines: int = 50) -> None:
+        self._handle = handle
+        self._total_log_lines = total_log_lines
 
     def __call__(self, event: dict[str, Any]) -> None:
-        event = {**event, "time": time.time()}
-        self.handle.write(json.dumps(event) + "\n")
-        if event["type"] == "step" and (event["step"] % 10 == 0 or event["step"] == 1):
-            logger.info("step %d/%d loss %.4f %.0f tokens/s", event["step"],
-                        event["total_steps"], event["loss"], event["tokens_per_second"])
-        elif event["type"] == "validation":
-            logger.info("validation loss %.4f at step %d", event["validation_loss"], event["step"])
+        record = {**event, "time": utc_now()}
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        self._log(event)
+
+    def _log(self, event: dict[str, Any]) -> None:
+        if event["type"] == "validation":
+            logger.info("step %d validation loss %.4f", event["step"], event["validation_loss"])
+            return
+        every = max(1, event["total_steps"] // self._total_log_lines)
+        if event["step"] % every == 0 or event["step"] in (1, event["total_steps"]):
+            logger.info(
+                "step %d/%d epoch %.2f loss %.4f lr %.2e %.0f tokens/s eta %.0fs",
+                event["step"],
+                event["total_steps"],
+                event["epoch"],
+                event["loss"],
+                event["learning_rate"],
+                event["tokens_per_second"],
+                event["eta_seconds"],
+            )
 
 
-def run(folder: Path, should_stop: Any) -> dict[str, Any]:
-    """Train the run described in the folder and return its result."""
+def save_adapter_atomic(model: Any, run_dir: Path) -> Path:
+    """Save the peft adapter into RUN_DIR/adapter via a temporary folder renamed into place."""
+    final = run_dir / ADAPTER_NAME
+    temporary = run_dir / f".{ADAPTER_NAME}.tmp"
+    shutil.rmtree(temporary, ignore_errors=True)
+    model.save_pretrained(str(temporary))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(temporary, final)
+    return final
+
+
+def run_job(run_dir: Path, stop: threading.Event) -> dict[str, Any]:
+    """Train the job described by RUN_DIR/job.json and return the result to record."""
+    from turing.tools.chat import read_chat_template
     from turing.tools.finetune.train import parse_params, train
-    from turing.tools.modeling import load_model, quiet_libraries
+    from turing.tools.modeling import load_model
 
-    quiet_libraries()
-    job = json.loads((folder / "job.json").read_text())
-    params = parse_params(job["params"])
+    # Job description
+    job = json.loads((run_dir / "job.json").read_text())
+    params = parse_params(job.get("params"))
+    base = Path(job["base_gguf"])
     train_rows = read_jsonl(Path(job["train_path"]))
-    validation_path = Path(job["validation_path"])
-    validation_rows = read_jsonl(validation_path) if validation_path.exists() else []
+    validation_path = Path(job["validation_path"]) if job.get("validation_path") else None
+    has_validation = validation_path is not None and validation_path.exists()
+    validation_rows = read_jsonl(validation_path) if has_validation else []
+    logger.info(
+        "run %s: %d train rows, %d validation rows",
+        run_dir.name,
+        len(train_rows),
+        len(validation_rows),
+    )
 
-    logger.info("loading base model %s", job["base_gguf"])
-    model, tokenizer = load_model(Path(job["base_gguf"]))
-    template = read_chat_template(job["base_gguf"])
-    outcome = train(model, tokenizer, template, train_rows, validation_rows, params,
-                    on_event=MetricsFile(folder / "metrics.jsonl"), should_stop=should_stop)
+    # Training
+    model, tokenizer = load_model(base)
+    template = read_chat_template(base)
+    with open(run_dir / METRICS_NAME, "a", encoding="utf-8") as metrics:
+        result = train(
+            model,
+            tokenizer,
+            template,
+            train_rows,
+            validation_rows,
+            params,
+            on_event=MetricsWriter(metrics),
+            should_stop=stop.is_set,
+        )
 
-    summary = outcome.summary()
-    if outcome.cancelled:
+    # Outcome
+    summary = {
+        "final_loss": result.final_loss,
+        "validation_loss": result.validation_loss,
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "train_tokens": result.train_tokens,
+        "trainable_parameters": result.trainable_parameters,
+        "dropped_rows": result.dropped_rows,
+        "seconds": round(result.seconds, 3),
+    }
+    if result.cancelled:
+        logger.info("run %s cancelled after %d steps", run_dir.name, result.steps)
         return {"status": "cancelled", "error": None, **summary}
-    adapter = save_adapter(outcome.model, folder / "adapter")
-    return {"status": "succeeded", "error": None, "adapter_dir": str(adapter), **summary}
+    adapter = save_adapter_atomic(result.model, run_dir)
+    logger.info("run %s succeeded: adapter in %s", run_dir.name, adapter)
+    return {"status": "succeeded", "error": None, **summary, "adapter_dir": str(adapter.resolve())}
 
 
-def save_adapter(model: Any, destination: Path) -> Path:
-    """Save the LoRA adapter under a temporary name, then rename it into place."""
-    staging = destination.with_name(f".{destination.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(str(staging))
-    shutil.rmtree(destination, ignore_errors=True)
-    os.replace(staging, destination)
-    return destination
+def describe_error(exc: BaseException) -> str:
+    """One readable line for a failure: a domain error's own message, else its type and text."""
+    if isinstance(exc, TuringError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return f"job.json lacks the key {exc}"
+    return f"{type(exc).__name__}: {exc}"
 
 
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    folder = Path(sys.argv[1])
-    stop_requested = False
+def main(argv: list[str] | None = None) -> int:
+    """Run one fine-tuning job; the exit code is 0 unless the run failed."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m turing.tools.finetune.worker RUN_DIR\n")
+        return 2
+    run_dir = Path(args[0])
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
-    def request_stop(*_: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-        logger.info("stop requested; ending at the next step")
+    # SIGTERM asks for a stop at the next step boundary; the run then records itself cancelled.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
-    signal.signal(signal.SIGTERM, request_stop)
+    started = time.monotonic()
     try:
-        result = run(folder, lambda: stop_requested)
-    except TuringError as exc:
-        result = {"status": "failed", "error": str(exc)}
+        result = run_job(run_dir, stop)
     except Exception as exc:
-        logger.exception("training failed")
-        result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    write_json_atomic(folder / "result.json", result)
-    logger.info("run ended: %s", result["status"])
-    sys.exit(0 if result["status"] != "failed" else 1)
+        if isinstance(exc, TuringError):
+            logger.error("run %s failed: %s", run_dir.name, exc)
+        else:
+            logger.exception("run %s failed", run_dir.name)
+        seconds = round(time.monotonic() - started, 3)
+        result = {"status": "failed", "error": describe_error(exc), "seconds": seconds}
+    write_json_atomic(run_dir / RESULT_NAME, result)
+    return 1 if result["status"] == "failed" else 0
 
 
 if __name__ == "__main__":
-    main()
+    # Library progress bars would flood the log; tqdm reads this when first imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
