@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="for CSV: role=column pairs, e.g. user=text,assistant=category[,system=...]",
     )
     quick.add_argument("--system-prompt", help="a system message added to every row")
-    quick.add_argument("--epochs", type=int, help="training epochs (default: the run default)")
+    quick.add_argument(
+        "--epochs", type=int, default=2, help="training epochs (default 2: minutes on a laptop)"
+    )
     quick.add_argument("--deployment", default="quickstart", help="deployment name to create")
     return parser
 
