@@ -67,7 +67,7 @@ def write_csv(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
-async def main(home: Path, out: Path | None) -> int:
+async def main(home: Path, out: Path | None, epochs: int) -> int:
     source = shared_data()
     work = home / "inputs"
     work.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,7 @@ async def main(home: Path, out: Path | None) -> int:
         prepare_options={**options, "validation_fraction": 0.0},
         eval_data=test,
         eval_options=options,
+        hyperparameters={"epochs": epochs},
         deployment="banking77",
     )
     async with Client(server_parameters(str(home))) as client:
@@ -115,6 +116,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--home", type=Path, help="workspace (default: a new temporary folder)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="turing-banking77-"))
-    sys.exit(asyncio.run(main(home.resolve(), args.out)))
+    sys.exit(asyncio.run(main(home.resolve(), args.out, args.epochs)))

@@ -214,7 +214,7 @@ def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:
         options["columns"] = {role.strip(): column.strip() for role, column in pairs}
     if args.system_prompt:
         options["system_prompt"] = args.system_prompt
-    hyperparameters = {"epochs": args.epochs} if args.epochs else {}
+    hyperparameters = {"epochs": args.epochs} if args.epochs is not None else {}
     data = Path(args.data) if args.data else SAMPLE_DATA / "support_tickets.jsonl"
     return LifecyclePlan(
         data=data.resolve(),
@@ -234,7 +234,12 @@ def run_quickstart(args: argparse.Namespace) -> int:
     """`turing quickstart`: run the lifecycle and print its summary; 1 on a failed step."""
     try:
         summary = asyncio.run(_quickstart(plan_from_args(args)))
-    except LifecycleError as exc:
+    except (LifecycleError, BaseExceptionGroup) as exc:
+        # Errors raised inside the client's task group arrive wrapped in exception groups.
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        if not isinstance(exc, LifecycleError):
+            raise
         sys.stderr.write(f"turing quickstart failed: {exc}\n")
         return 1
     sys.stdout.write(format_summary(summary))

@@ -45,10 +45,16 @@ def register_base_model(
     services: Services, name: str, gguf_path: str, source: str = "user"
 ) -> dict[str, Any]:
     """Register a local GGUF file as a base model that runs can fine-tune."""
-    path = Path(gguf_path).expanduser().resolve()
-    if not path.is_file():
-        raise InvalidInputError(f"base model file {gguf_path!r} does not exist")
-    if services.registry.find("base_models", name) is not None:
+    from turing.tools.datasets.store import check_input_file
+    from turing.tools.deploy.versions import NAME_PATTERN
+
+    path = check_input_file(gguf_path, "base model file")
+    if not NAME_PATTERN.fullmatch(name) or name.startswith(("run-", "mv-", "ev-", "ds-")):
+        raise InvalidInputError(
+            f"base model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "not starting with run-, mv-, ev- or ds-"
+        )
+    if services.registry.find("base_models", name) or services.registry.find("deployments", name):
         raise InvalidInputError(f"a base model named {name!r} is already registered")
 
     architecture = read_architecture(path)
@@ -75,7 +81,7 @@ def read_architecture(path: Path) -> str:
 
     try:
         field = GGUFReader(str(path)).fields.get("general.architecture")
-    except (ValueError, OSError) as exc:
+    except Exception as exc:  # the reader fails in many ways on a truncated or foreign file
         raise InvalidInputError(f"{path} is not a readable GGUF file: {exc}") from exc
     if field is None:
         raise InvalidInputError(f"{path} has no general.architecture; is it a model GGUF?")

@@ -23,7 +23,10 @@ def refresh(services: Services, table: str, row: dict[str, Any]) -> dict[str, An
         return row
 
     result = read_result(folder)
-    if result is None:
+    if result is None and row["status"] == "cancelling":
+        # Stopped before its signal handler was installed (e.g. still importing): a clean cancel.
+        result = {"status": "cancelled", "error": None}
+    elif result is None:
         # The worker died without writing a result (killed, out of memory, machine restart).
         last_lines = tail_text(folder / LOG_NAME, 2_000).strip().splitlines()[-3:]
         result = {

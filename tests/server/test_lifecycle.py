@@ -96,6 +96,11 @@ async def test_every_stage_runs_through_the_mcp_tools(
     log = await session.client.read_resource(run["log_uri"])
     assert run["run_id"] in log.contents[0].text or log.contents[0].text
 
+    with pytest.raises(LifecycleError, match="no GGUF to serve yet"):
+        await session.call(
+            "query_model", model=run["run_id"], messages=[{"role": "user", "content": "hello"}]
+        )
+
     evaluation = await session.call("run_eval", model=run["run_id"], dataset_id=dataset_id)
     evaluation = await wait_until_done(session, "get_eval", "eval_id", evaluation["eval_id"])
     assert evaluation["status"] == "succeeded", evaluation["error"]
@@ -161,6 +166,12 @@ async def test_a_cancelled_run_ends_cancelled(
             "lora_rank=0.*unknown hyperparameter 'lr'",
         ),
         ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
+        ("prepare_dataset", {"path": "data/tickets.jsonl"}, "not an absolute path"),
+        ("prepare_dataset", {"path": str(Path(__file__).parent)}, "not a regular file"),
+        ("register_base_model", {"name": "mine", "gguf_path": __file__}, "not a readable GGUF"),
+        ("register_base_model", {"name": "run-1", "gguf_path": __file__}, "not allowed"),
+        ("deploy", {"run_id": "run-x", "deployment": "smollm2-135m-instruct"}, "base model's name"),
+        ("deploy", {"run_id": "run-x", "deployment": "bad name"}, "is not allowed"),
         (
             "query_model",
             {"model": "nobody", "messages": [{"role": "user", "content": "hi"}]},

@@ -7,26 +7,51 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 from turing.server.jobs import write_json_atomic
 from turing.server.registry import utc_now
 from turing.server.services import Services
-from turing.tools.datasets.prepare import prepare_dataset, read_jsonl, write_jsonl
+from turing.tools.datasets.prepare import (
+    PreparedDataset,
+    prepare_dataset,
+    read_jsonl,
+    write_jsonl,
+)
 from turing.tools.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "all")
+# Tools run in worker threads; one writer at a time keeps a content-addressed id stored once.
+_STORE_LOCK = threading.Lock()
+
+
+def check_input_file(path: str, what: str) -> Path:
+    """An absolute path to an existing regular file, or an error saying what is wrong with it."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        raise InvalidInputError(f"{what} {path!r} is not an absolute path; pass the full path")
+    if not candidate.exists():
+        raise InvalidInputError(f"{what} {path!r} does not exist")
+    if not candidate.is_file():
+        raise InvalidInputError(f"{what} {path!r} is not a regular file")
+    return candidate.resolve()
 
 
 def create_dataset(services: Services, path: str, **options: Any) -> dict[str, Any]:
     """Prepare a file into a stored dataset version; the same file and options give the same id."""
-    source = Path(path).expanduser().resolve()
-    if not source.is_file():
-        raise InvalidInputError(f"dataset file {path!r} does not exist (resolved to {source})")
+    source = check_input_file(path, "dataset file")
     prepared = prepare_dataset(source, **options)
+    with _STORE_LOCK:
+        return _store(services, source, prepared, options)
+
+
+def _store(
+    services: Services, source: Path, prepared: PreparedDataset, options: dict[str, Any]
+) -> dict[str, Any]:
 
     dataset_id = "ds-" + _content_id(prepared.source_sha256, options)
     existing = services.registry.find("datasets", dataset_id)

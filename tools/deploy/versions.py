@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from turing.server.registry import utc_now
 from turing.server.services import Services
-from turing.tools.base_models import get_base_model
+from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
 from turing.tools.errors import InvalidInputError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.gguf"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Deploys run in worker threads; one at a time keeps version ids and revision numbers unique.
+_DEPLOY_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,20 @@ def deploy(services: Services, run_id: str, deployment: str, reason: str = "") -
     from turing.tools.finetune.runs import adapter_dir, get_run
 
     _check_deployment_name(deployment)
+    if services.registry.find("base_models", deployment) or deployment == DEFAULT_BASE_MODEL:
+        raise InvalidInputError(
+            f"deployment name {deployment!r} is a base model's name; choose another name"
+        )
     run = get_run(services, run_id)
     source = adapter_dir(services, run_id)
+    with _DEPLOY_LOCK:
+        return _deploy_locked(services, run, source, deployment, reason)
+
+
+def _deploy_locked(
+    services: Services, run: dict[str, Any], source: Path, deployment: str, reason: str
+) -> dict[str, Any]:
+    run_id = run["id"]
     version = _register_version(services, run, source)
 
     previous = services.registry.find("deployments", deployment)
@@ -143,7 +160,13 @@ def route_query(services: Services, ref: str, rng: random.Random | None = None) 
     """The target that serves one query: for a deployment, a route drawn by its weights."""
     deployment = services.registry.find("deployments", ref)
     if deployment is None:
-        return resolve_model(services, ref)
+        target = resolve_model(services, ref)
+        if target.kind == "run":
+            raise InvalidInputError(
+                f"run {ref} has no GGUF to serve yet: deploy it, then query the deployment "
+                "or its model version (mv-...)"
+            )
+        return target
     routes = [route for route in current_routes(services, ref) if route[1] > 0]
     chosen = (rng or random).choices(routes, weights=[route[1] for route in routes])[0]
     return _version_target(services, chosen[0], ref, deployment["revision"])
@@ -192,8 +215,7 @@ def _version_target(
 
 
 def _check_deployment_name(name: str) -> None:
-    allowed = name.replace("-", "").replace("_", "").replace(".", "")
-    if not name or not allowed.isalnum() or name.startswith(("run-", "mv-")) or len(name) > 64:
+    if not NAME_PATTERN.fullmatch(name) or name.startswith(("run-", "mv-")):
         raise InvalidInputError(
             f"deployment name {name!r} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "
             "not starting with 'run-' or 'mv-'"
