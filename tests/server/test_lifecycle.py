@@ -163,7 +163,7 @@ async def test_a_cancelled_run_ends_cancelled(
         (
             "start_finetune",
             {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
-            "lora_rank=0.*unknown hyperparameter 'lr'",
+            "unknown parameter 'lr'.*lora_rank=0: must be an integer",
         ),
         ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
         ("prepare_dataset", {"path": "data/tickets.jsonl"}, "not an absolute path"),

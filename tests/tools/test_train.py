@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def test_parse_params_reports_every_bad_key_at_once() -> None:
 def test_parse_params_names_the_bad_value_and_what_is_allowed(
     raw: dict[str, Any], expected: str
 ) -> None:
-    with pytest.raises(InvalidInputError, match=expected.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidInputError, match=re.escape(expected)):
         parse_params(raw)
 
 
