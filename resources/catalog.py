@@ -39,6 +39,13 @@ def register(app: MCPServer, services: Services) -> None:
         row = services.registry.get("datasets", dataset_id, "dataset")
         return json.dumps(row["report"], indent=2)
 
+    @app.resource("turing://datasets/{dataset_id}/problems", mime_type="application/x-ndjson")
+    def dataset_problems(dataset_id: str) -> str:
+        """Every problem found in a dataset's source, one JSON object per line, by line."""
+        folder = Path(services.registry.get("datasets", dataset_id, "dataset")["folder"])
+        path = folder / "problems.jsonl"
+        return path.read_text(encoding="utf-8") if path.exists() else ""
+
     @app.resource("turing://evals/{eval_id}/predictions", mime_type="application/x-ndjson")
     def eval_predictions(eval_id: str) -> str:
         """Every prediction of an evaluation with its reference and whether it matched."""

@@ -100,6 +100,14 @@ def _initial_schema(db: sqlite_utils.Database) -> None:
     db.table("queries").create_index(["deployment", "created_at"])
 
 
+def _dataset_lineage(db: sqlite_utils.Database) -> None:
+    datasets = db.table("datasets")
+    datasets.add_column("base_model", str)
+    datasets.add_column("tokenizer_fingerprint", str)
+    datasets.add_column("max_seq_len", int)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
+    (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
 ]

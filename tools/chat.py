@@ -6,6 +6,7 @@ served with exactly the text layout it was trained on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,31 +43,55 @@ class ChatTemplate:
         """The text that closes an assistant turn; generation stops on it."""
         return self.eos_token
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
-        """Render messages to the exact prompt text the model sees."""
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the template lays out tool definitions and tool calls itself."""
+        return "tool_calls" in self.source
+
+    def render(
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """Render messages (and the tools they may call) to the exact text the model sees.
+
+        A template without tool support gets tool calls written into the assistant's text as
+        `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` and the tool definitions in
+        the system message, so tool-use data trains and serves on any chat model.
+        """
+        options: dict[str, Any] = {}
+        if self.supports_tools:
+            options["tools"] = tools or None
+        else:
+            messages = _inline_tools(messages, tools)
         try:
             return _compile(self.source).render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                **options,
             )
-        except jinja2.TemplateError as exc:
+        except (jinja2.TemplateError, TypeError) as exc:
             raise ChatTemplateError(f"chat template failed on these messages: {exc}") from exc
 
-    def split_turns(self, messages: list[Message]) -> list[tuple[str, str]]:
+    def split_turns(
+        self, messages: list[Message], tools: list[dict[str, Any]] | None = None
+    ) -> list[tuple[str, str]]:
         """Split a conversation into (prompt text, assistant text) pieces for loss masking.
 
-        Concatenating every piece gives the rendered conversation. Each assistant text ends with
-        the end-of-turn token; the prompt text before it carries no loss.
+        Concatenating every piece gives the rendered conversation up to its last trained answer.
+        Each assistant text ends with the end-of-turn token; the prompt text before it carries no
+        loss. An assistant message with `"weight": 0` is context, not an answer.
         """
         pieces: list[tuple[str, str]] = []
         consumed = ""
         for index, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or message.get("weight", 1) == 0:
                 continue
-            prefix = self.render(messages[:index], add_generation_prompt=True)
-            through = self.render(messages[: index + 1])
+            prefix = self.render(messages[:index], add_generation_prompt=True, tools=tools)
+            through = self.render(messages[: index + 1], tools=tools)
             answer_end = through.find(self.end_of_turn, len(prefix))
             if not prefix.startswith(consumed) or answer_end < 0:
                 raise ChatTemplateError(
@@ -77,6 +102,52 @@ class ChatTemplate:
             pieces.append((prefix[len(consumed) :], answer))
             consumed = prefix + answer
         return pieces
+
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+
+
+def _inline_tools(messages: list[Message], tools: list[dict[str, Any]] | None) -> list[Message]:
+    """The messages with tool calls and tool definitions as text, for templates without tools."""
+    if not tools and not any(message.get("tool_calls") for message in messages):
+        return messages
+
+    inlined = [_inline_calls(message) for message in messages]
+    if tools:
+        listing = "\n".join(json.dumps(tool.get("function", tool)) for tool in tools)
+        described = (
+            f"You can call these tools:\n<tools>\n{listing}\n</tools>\n"
+            f'To call one, answer with {TOOL_CALL_OPEN}{{"name": ..., "arguments": {{...}}}}'
+            f"{TOOL_CALL_CLOSE}."
+        )
+        if inlined and inlined[0]["role"] == "system":
+            described = f"{inlined[0]['content']}\n\n{described}"
+            inlined = inlined[1:]
+        inlined.insert(0, {"role": "system", "content": described})
+    return inlined
+
+
+def _inline_calls(message: Message) -> Message:
+    calls = message.get("tool_calls")
+    if not calls:
+        return message
+    written = [
+        TOOL_CALL_OPEN
+        + json.dumps({"name": call["function"]["name"], "arguments": _arguments(call)})
+        + TOOL_CALL_CLOSE
+        for call in calls
+    ]
+    text = "\n".join([message["content"], *written] if message.get("content") else written)
+    return {"role": message["role"], "content": text}
+
+
+def _arguments(call: dict[str, Any]) -> Any:
+    arguments = call["function"].get("arguments", "{}")
+    try:
+        return json.loads(arguments) if isinstance(arguments, str) else arguments
+    except json.JSONDecodeError:
+        return arguments
 
 
 @lru_cache(maxsize=16)

@@ -7,6 +7,7 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 
 from turing.server.services import Services
+from turing.tools.base_models import DEFAULT_BASE_MODEL
 from turing.tools.datasets.store import create_dataset, describe_dataset
 
 
@@ -18,41 +19,79 @@ def register(app: MCPServer, services: Services) -> None:
         path: str,
         format: str = "auto",
         columns: dict[str, str] | None = None,
+        records_path: str | None = None,
         system_prompt: str | None = None,
+        label_prompt: bool = False,
+        base_model: str = DEFAULT_BASE_MODEL,
+        max_seq_len: int = 512,
+        on_truncation: str = "flag",
+        whitespace: str = "trim",
+        near_duplicates: str = "drop",
+        pii: str = "redact",
+        harmful: str = "flag",
         validation_fraction: float = 0.1,
         seed: int = 0,
         on_error: str = "reject",
     ) -> dict[str, Any]:
-        """Turn a local training file into a stored, versioned dataset with a validation split.
+        """Validate, clean and split a local training file into a stored, versioned dataset.
 
         Call this first: fine-tuning and evaluation take the returned dataset_id. The same file
-        and options return the same dataset_id, so calling twice is safe.
+        and options return the same dataset_id, so calling twice is safe. Every problem in the
+        file is reported in one pass with its line, JSON path, code and fix; with
+        on_error="reject" nothing is stored until they are fixed.
 
         Args:
-            path: Absolute path of a chat JSONL file (one {"messages": [{"role", "content"}...]}
-                per line) or a CSV/TSV file with a header row.
-            format: "auto" (from the file), "chat_jsonl" or "csv".
-            columns: For CSV only: which column gives each turn, e.g.
-                {"user": "text", "assistant": "category"}; "system" is optional.
-            system_prompt: A system message added to every row (e.g. the task and its labels).
+            path: Absolute path of the file: JSON lines, a JSON array (or an object holding one),
+                or CSV/TSV with a header row. UTF-8, with or without a byte order mark.
+            format: "auto" (detected from the records' keys), "openai_chat" ({"messages": [...]},
+                tools and tool_calls allowed, per-message "weight" 0/1), "prompt_completion",
+                "alpaca" (instruction/input/output, optional system and history), "sharegpt"
+                (conversations of from/value), "classification" (text + label) or "columns".
+            columns: Which field gives each turn, for CSV or any other records, e.g.
+                {"user": "text", "assistant": "category"} or {"user": "question",
+                "assistant": "answer[0]"}; "system" is optional. Implies format "columns".
+            records_path: Dotted path to the list of records inside a JSON object, e.g.
+                "root.qapair"; found automatically when omitted.
+            system_prompt: A system message added to every row that has none.
+            label_prompt: For classification-like data, append "Answer with exactly one of
+                these labels: ..." to the system message.
+            base_model: The base model whose tokenizer and chat template measure lengths.
+            max_seq_len: Token budget of a training row; a row whose prompt alone fills it is
+                an error, a row whose answer is cut is flagged.
+            on_truncation: "flag" (keep rows whose answer is cut, listed) or "drop" them.
+            whitespace: "trim" (ends of messages and lines), "collapse" (also runs of spaces
+                and blank lines, code blocks kept) or "none".
+            near_duplicates: "drop" near copies of a row, or "keep" them (still kept on one
+                side of the split). Exact copies are always dropped.
+            pii: Emails, phone numbers, payment cards, IBANs, national ids, IP addresses and
+                secrets: "redact" (replaced by [EMAIL] etc.), "drop" the row, or "keep".
+            harmful: Rows asking for clearly harmful content: "flag" (listed) or "drop".
             validation_fraction: Share of rows held out for validation, 0 to 0.5.
             seed: Seed of the deterministic split.
-            on_error: "reject" (any invalid row fails the call and lists every problem with its
-                line number) or "skip" (invalid rows are dropped and counted in the report).
+            on_error: "reject" (any invalid record fails the call and lists every problem) or
+                "skip" (invalid records are dropped and counted in the report).
 
         Returns:
-            dataset_id, row counts per split, label distribution, dropped rows, and report_uri.
+            dataset_id, rows per split, labels, rows dropped by reason, problem counts by code,
+            and the URIs of the full report and of every problem found.
         """
-        return create_dataset(
-            services,
-            path,
-            format=format,
-            columns=columns,
-            system_prompt=system_prompt,
-            validation_fraction=validation_fraction,
-            seed=seed,
-            on_error=on_error,
-        )
+        options = {
+            "format": format,
+            "columns": columns,
+            "records_path": records_path,
+            "system_prompt": system_prompt,
+            "label_prompt": label_prompt,
+            "max_seq_len": max_seq_len,
+            "on_truncation": on_truncation,
+            "whitespace": whitespace,
+            "near_duplicates": near_duplicates,
+            "pii": pii,
+            "harmful": harmful,
+            "validation_fraction": validation_fraction,
+            "seed": seed,
+            "on_error": on_error,
+        }
+        return create_dataset(services, path, base_model, **options)
 
     @app.tool()
     def list_datasets() -> list[dict[str, Any]]:

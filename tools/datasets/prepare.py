@@ -1,578 +1,650 @@
-"""Turn a raw chat JSONL or CSV file into validated, de-duplicated train and validation splits.
+"""Turn a raw training file into clean, leakage-free train and validation splits, or say why not.
 
-Pure logic: no registry, no MCP, no model. Every bad row is reported with its line and field.
+The pipeline, in one pass over the file: read records (reading.py), normalise each format to chat
+messages (formats.py), normalise whitespace, screen for personal data and harmful requests,
+remove exact and near duplicates (cleaning.py), measure tokens in the base model's own tokenizer
+and chat template (tokens.py), and split by seeded hash, stratified by label, with duplicate
+groups kept on one side. Every problem is collected before the policy decides; nothing here
+touches the registry.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
-import os
 import statistics
-import tempfile
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turing.tools.datasets import cleaning, formats, harm, pii
+from turing.tools.datasets.problems import Problem, define, group_problems, is_error
+from turing.tools.datasets.reading import CONTAINERS, ReadResult, read_records
+from turing.tools.datasets.tokens import TokenCounter, TokenLengths
 from turing.tools.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "chat_jsonl", "csv")
+FORMAT_CHOICES = ("auto", *formats.FORMATS)
 ON_ERROR_POLICIES = ("reject", "skip")
-ROLES = ("system", "user", "assistant")
+NEAR_DUPLICATE_POLICIES = ("drop", "keep")
+PII_POLICIES = ("redact", "drop", "keep")
+HARMFUL_POLICIES = ("flag", "drop")
+TRUNCATION_POLICIES = ("flag", "drop")
 MAX_VALIDATION_FRACTION = 0.5
-# Answers are treated as class labels only up to this many distinct values; beyond it a
-# per-label split and distribution stop being meaningful.
-MAX_LABELS = 50
+MAX_SEQ_LEN_RANGE = (16, 131072)
+# Answers count as class labels up to this many distinct values, each short and on one line.
+MAX_LABELS = 500
 MAX_LABEL_CHARS = 100
-PROBLEMS_IN_MESSAGE = 10
-PROBLEMS_IN_REPORT = 20
+DETECTION_SAMPLE = 100
+PROBLEMS_IN_MESSAGE = 3
 
-Message = dict[str, str]
+EXACT_DUPLICATE = define(
+    "duplicate", "warning", "nothing to do: the copy was dropped; remove it from the source"
+)
+NEAR_DUPLICATE = define(
+    "near_duplicate",
+    "warning",
+    "nothing to do: the near copy was dropped; pass near_duplicates='keep' to keep near copies",
+)
+CONFLICTING_ANSWERS = define(
+    "conflicting_answers",
+    "warning",
+    "decide which answer is right and fix or remove the others; the model learns both",
+)
+PII_FOUND = define(
+    "pii_found",
+    "warning",
+    "remove personal data from the source, or choose pii='redact' (default), 'drop' or 'keep'",
+)
+HARMFUL_REQUEST = define(
+    "harmful_request",
+    "warning",
+    "check that the row should be trained on; harmful='drop' removes flagged rows",
+)
+PROMPT_TOO_LONG = define(
+    "prompt_exceeds_max_seq_len",
+    "error",
+    "shorten the prompt, or raise max_seq_len; training would see no answer token of this row",
+)
+ANSWER_TRUNCATED = define(
+    "answer_truncated",
+    "warning",
+    "raise max_seq_len or shorten the answer; on_truncation='drop' removes such rows",
+)
+TEMPLATE_ERROR = define(
+    "template_error",
+    "error",
+    "make the conversation one the base model's chat template can render",
+)
 
 
 @dataclass(frozen=True)
-class RowProblem:
-    """One thing wrong with one row: where it is and what is allowed instead."""
+class PrepareOptions:
+    """How to read, clean and split a dataset file; every field is part of the dataset's id."""
 
-    line: int
-    field: str
-    message: str
+    format: str = "auto"
+    container: str = "auto"
+    records_path: str | None = None
+    columns: dict[str, str] | None = None
+    system_prompt: str | None = None
+    label_prompt: bool = False
+    whitespace: str = "trim"
+    near_duplicates: str = "drop"
+    near_duplicate_threshold: float = 0.8
+    pii: str = "redact"
+    harmful: str = "flag"
+    max_seq_len: int = 512
+    on_truncation: str = "flag"
+    validation_fraction: float = 0.1
+    seed: int = 0
+    on_error: str = "reject"
+    examples_per_problem: int = 5
 
-    def __str__(self) -> str:
-        return f"line {self.line}, field {self.field}: {self.message}"
+
+def parse_options(raw: dict[str, Any] | None) -> PrepareOptions:
+    """Validate every option at once; the error lists each bad value with what is allowed."""
+    given = {key: value for key, value in (raw or {}).items() if value is not None}
+    allowed = PrepareOptions.__dataclass_fields__
+    errors = [
+        f"{key!r} is not an option; allowed: {', '.join(allowed)}"
+        for key in given
+        if key not in allowed
+    ]
+    for key, value in given.items():
+        check = _CHECKS.get(key)
+        problem = check(value) if check else None
+        if problem:
+            errors.append(f"{key}={_show(value)} {problem}")
+    if not errors:
+        errors += _combination_errors(given)
+    if errors:
+        raise InvalidInputError(f"{len(errors)} invalid option(s):\n  " + "\n  ".join(errors))
+    return PrepareOptions(**given)
 
 
-class DatasetError(InvalidInputError):
-    """A dataset file has rows that cannot be used; `problems` lists every one of them."""
+def _choice(choices: Sequence[str]) -> Any:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"is not allowed; allowed: {', '.join(choices)}"
 
-    def __init__(self, source: str | Path, problems: Sequence[RowProblem], summary: str) -> None:
-        self.source = str(source)
-        self.problems = list(problems)
-        lines = [f"{source}: {summary}"]
-        lines += [f"  {problem}" for problem in self.problems[:PROBLEMS_IN_MESSAGE]]
-        if len(self.problems) > PROBLEMS_IN_MESSAGE:
-            lines.append(f"  ... and {len(self.problems) - PROBLEMS_IN_MESSAGE} more")
-        super().__init__("\n".join(lines))
+    return check
+
+
+def _number(low: float, high: float, integer: bool = False) -> Any:
+    kind = "an integer" if integer else "a number"
+
+    def check(value: Any) -> str | None:
+        wrong_type = isinstance(value, bool) or not isinstance(
+            value, int if integer else (int, float)
+        )
+        if wrong_type or not low <= value <= high:  # NaN fails the comparison
+            return f"is out of range; allowed: {kind} from {low:g} to {high:g}"
+        return None
+
+    return check
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "must be non-empty text"
+
+
+def _flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _columns(value: Any) -> str | None:
+    if not isinstance(value, dict) or not value:
+        return 'must map roles to fields, e.g. {"user": "text", "assistant": "label"}'
+    roles = ("system", "user", "assistant")
+    wrong = [key for key in value if key not in roles]
+    if wrong:
+        return (
+            f"has {', '.join(map(repr, wrong))}, which are not roles; allowed: {', '.join(roles)}"
+        )
+    if any(not isinstance(name, str) or not name.strip() for name in value.values()):
+        return "must give a non-empty field name for each role"
+    missing = [role for role in ("user", "assistant") if role not in value]
+    return f"has no {' or '.join(map(repr, missing))} entry" if missing else None
+
+
+_CHECKS: dict[str, Any] = {
+    "format": _choice(FORMAT_CHOICES),
+    "container": _choice(CONTAINERS),
+    "records_path": _text,
+    "columns": _columns,
+    "system_prompt": _text,
+    "label_prompt": _flag,
+    "whitespace": _choice(cleaning.WHITESPACE_MODES),
+    "near_duplicates": _choice(NEAR_DUPLICATE_POLICIES),
+    "near_duplicate_threshold": _number(0.5, 1.0),
+    "pii": _choice(PII_POLICIES),
+    "harmful": _choice(HARMFUL_POLICIES),
+    "max_seq_len": _number(*MAX_SEQ_LEN_RANGE, integer=True),
+    "on_truncation": _choice(TRUNCATION_POLICIES),
+    "validation_fraction": _number(0.0, MAX_VALIDATION_FRACTION),
+    "seed": _number(0, 2**32 - 1, integer=True),
+    "on_error": _choice(ON_ERROR_POLICIES),
+    "examples_per_problem": _number(1, 100, integer=True),
+}
+
+
+def _combination_errors(given: dict[str, Any]) -> list[str]:
+    errors = []
+    if "columns" in given and given.get("format", "auto") not in ("auto", "columns"):
+        errors.append(f"columns applies to format 'columns' only, not {given['format']!r}")
+    if given.get("format") == "columns" and "columns" not in given:
+        errors.append(
+            'format \'columns\' needs columns, e.g. {"user": "question", "assistant": "answer"}'
+        )
+    if "system" in given.get("columns", {}) and "system_prompt" in given:
+        errors.append("pass either a 'system' column or system_prompt, not both")
+    return errors
 
 
 @dataclass
 class PreparedDataset:
-    """The clean splits of a dataset file, with a report of what was read, kept and dropped."""
+    """The clean splits of a dataset file, every problem found, and the report."""
 
     train: list[dict[str, Any]]
     validation: list[dict[str, Any]]
+    problems: list[Problem]
     report: dict[str, Any]
-    problems: list[RowProblem]
     source_sha256: str
 
 
-@dataclass(frozen=True)
-class _Found:
-    reason: str  # short key the report counts dropped rows by
-    problem: RowProblem
+class DatasetError(InvalidInputError):
+    """A dataset file cannot become a dataset version; `problems` holds every problem found."""
+
+    def __init__(self, source: Path, problems: list[Problem], summary: str, examples: int) -> None:
+        self.source = str(source)
+        self.problems = problems
+        lines = [f"{source}: {summary}"]
+        for code, group in group_problems(problems, PROBLEMS_IN_MESSAGE).items():
+            lines.append(f"  {code} ({group['severity']}, {group['count']}): {group['hint']}")
+            lines += [
+                f"    line {e['line']}, {e['path']}: {e['message']}" for e in group["examples"]
+            ]
+            if group["count"] > len(group["examples"]):
+                lines.append(f"    ... and {group['count'] - len(group['examples'])} more")
+        super().__init__("\n".join(lines))
 
 
 @dataclass
 class _Row:
+    """A record on its way through the pipeline."""
+
     line: int
-    messages: list[Message]
+    conversation: dict[str, Any]
+    dropped: str | None = None  # the reason, once a stage drops it
+    group: int = 0  # rows of one prompt group stay on one side of the split
+    label: str | None = None
+    lengths: TokenLengths | None = None
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return self.conversation["messages"]
 
 
 @dataclass
-class _Parsed:
-    rows: list[_Row] = field(default_factory=list)
-    found: list[_Found] = field(default_factory=list)
-    dropped: Counter[str] = field(default_factory=Counter)
-    rows_read: int = 0
-    blank_lines: int = 0
-    delimiter: str | None = None
+class _Pass:
+    """What one preparation pass has found so far."""
 
-    def add(self, line: int, messages: list[Message] | None, found: list[_Found]) -> None:
-        self.rows_read += 1
-        if messages is None:
-            self.found.extend(found)
-            self.dropped[found[0].reason] += 1
-        else:
-            self.rows.append(_Row(line, messages))
+    options: PrepareOptions
+    read: ReadResult
+    format: str
+    rows: list[_Row] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+    pii_counts: Counter[str] = field(default_factory=Counter)
+    harm_counts: Counter[str] = field(default_factory=Counter)
+
+    def drop(self, row: _Row, reason: str) -> None:
+        if row.dropped is None:
+            row.dropped = reason
+            self.dropped[reason] += 1
+
+    def live(self) -> list[_Row]:
+        return [row for row in self.rows if row.dropped is None]
 
 
 def prepare_dataset(
-    path: Path,
-    *,
-    format: str = "auto",
-    columns: dict[str, str] | None = None,
-    system_prompt: str | None = None,
-    validation_fraction: float = 0.1,
-    seed: int = 0,
-    on_error: str = "reject",
+    path: Path, options: PrepareOptions | None = None, counter: TokenCounter | None = None
 ) -> PreparedDataset:
-    """Validate a chat JSONL or CSV file and split it into train and validation rows.
+    """Validate, clean and split a dataset file.
 
     Args:
-        path: The raw file. UTF-8 with or without a byte order mark; LF or CRLF line ends.
-        format: "chat_jsonl" (one {"messages": [...]} object per line), "csv" (a header row,
-            comma, tab, semicolon or pipe separated) or "auto" to decide from the suffix and
-            the content.
-        columns: For CSV only: maps roles to column names, e.g. {"user": "text",
-            "assistant": "category"}, optionally with "system".
-        system_prompt: A fixed system turn added to every row that has none.
-        validation_fraction: Share of rows held out for validation, 0 to 0.5.
-        seed: Chooses the split; the same file and options always give the same split.
-        on_error: "reject" raises on any bad row; "skip" drops bad rows and counts them.
+        path: The raw file: JSON lines, a JSON array (or an object holding one), or CSV/TSV.
+        options: See `PrepareOptions`; the defaults read any supported format.
+        counter: The base model's token counter; without one, token lengths are not checked.
 
     Returns:
-        The train and validation rows as {"messages": [...]} dicts, a JSON-serialisable
-        report, every problem found and the SHA-256 of the file's bytes.
+        The train and validation rows as {"messages": [...], "tools"?, "source_line"} dicts,
+        every problem found (warnings included), the report and the file's SHA-256.
 
     Raises:
-        InvalidInputError: An option is invalid, or the file is missing, not UTF-8 or empty.
-        DatasetError: A row is invalid under on_error="reject", or no valid row remains.
+        InvalidInputError: The file cannot be read as records at all.
+        DatasetError: Some record is invalid under on_error="reject", or no valid row remains.
     """
+    options = options or PrepareOptions()
     path = Path(path)
-    _check_options(format, columns, system_prompt, validation_fraction, seed, on_error)
     data = _read_bytes(path)
     sha256 = hashlib.sha256(data).hexdigest()
-    text = _decode(path, data)
+    read = read_records(path, data, container=options.container, records_path=options.records_path)
+    work = _Pass(options, read, _choose_format(path, read, options), problems=list(read.problems))
 
-    chosen = _detect_format(path, text) if format == "auto" else format
-    if chosen == "chat_jsonl":
-        parsed = _parse_jsonl(path, text, columns, system_prompt)
-    else:
-        parsed = _parse_csv(path, text, columns, system_prompt)
-    problems = [found.problem for found in parsed.found]
-    _enforce_policy(path, parsed, problems, on_error)
+    # Records to conversations
+    _normalise_records(work)
+    _normalise_whitespace(work)
+    _add_system_prompts(work)
+    labels = _detect_labels(work)
 
-    rows = _drop_duplicates(parsed)
-    labels = _labels_of(rows)
-    train, validation = _split(rows, labels, validation_fraction, seed)
-    report = _build_report(path, sha256, chosen, parsed, problems, labels, (train, validation))
-    report["options"] = {
-        "columns": columns,
-        "system_prompt": system_prompt,
-        "validation_fraction": validation_fraction,
-        "seed": seed,
-        "on_error": on_error,
-    }
+    # Screens, duplicates and lengths
+    _screen_pii(work)
+    _screen_harm(work)
+    _remove_duplicates(work)
+    if counter is not None:
+        _measure_tokens(work, counter)
+    _enforce_policy(path, work)
+
+    # Split and report
+    kept = work.live()
+    train, validation = _split(kept, labels, options.validation_fraction, options.seed)
+    work.problems.sort(key=lambda problem: (problem.line or 0, problem.path))
+    report = _build_report(path, sha256, work, labels, train, validation, counter)
     logger.info(
-        "prepared dataset %s (sha256 %s): %d train, %d validation, %d rows dropped",
+        "prepared %s (sha256 %s): %d train, %d validation, %d records dropped",
         path,
         sha256[:12],
         len(train),
         len(validation),
-        sum(parsed.dropped.values()),
+        sum(work.dropped.values()),
     )
     return PreparedDataset(
-        train=[{"messages": row.messages} for row in train],
-        validation=[{"messages": row.messages} for row in validation],
+        train=[_stored(row) for row in train],
+        validation=[_stored(row) for row in validation],
+        problems=work.problems,
         report=report,
-        problems=problems,
         source_sha256=sha256,
     )
-
-
-# --- options and reading -------------------------------------------------------------------
-
-
-def _check_options(
-    format: str,
-    columns: dict[str, str] | None,
-    system_prompt: str | None,
-    validation_fraction: float,
-    seed: int,
-    on_error: str,
-) -> None:
-    errors = []
-    if format not in FORMATS:
-        errors.append(f"format {format!r} is not supported; allowed: {', '.join(FORMATS)}")
-    if on_error not in ON_ERROR_POLICIES:
-        errors.append(f"on_error {on_error!r} is not allowed; allowed: reject, skip")
-    if not _is_fraction(validation_fraction):
-        errors.append(
-            f"validation_fraction {validation_fraction!r} is out of range; "
-            f"allowed: a number from 0 to {MAX_VALIDATION_FRACTION}"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        errors.append(f"seed {seed!r} is not an integer; pass a whole number such as 0")
-    if system_prompt is not None and (
-        not isinstance(system_prompt, str) or not system_prompt.strip()
-    ):
-        errors.append("system_prompt is empty; pass the instruction text or leave it out")
-    errors += _column_option_errors(columns, system_prompt)
-
-    if errors:
-        raise InvalidInputError(f"{len(errors)} invalid option(s):\n  " + "\n  ".join(errors))
-
-
-def _is_fraction(value: object) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return 0 <= value <= MAX_VALIDATION_FRACTION  # NaN fails both comparisons
-
-
-def _column_option_errors(columns: dict[str, str] | None, system_prompt: str | None) -> list[str]:
-    if columns is None:
-        return []
-    if not isinstance(columns, dict):
-        return [f"columns must map roles to column names, got {_json_type(columns)}"]
-
-    errors = [
-        f"columns key {role!r} is not a role; allowed: {', '.join(ROLES)}"
-        for role in columns
-        if role not in ROLES
-    ]
-    errors += [
-        f"columns[{role!r}] must be a column name, got {value!r}"
-        for role, value in columns.items()
-        if not isinstance(value, str) or not value.strip()
-    ]
-    errors += [
-        f"columns has no {role!r} entry; map the {role} turn to a column"
-        for role in ("user", "assistant")
-        if role not in columns
-    ]
-    if "system" in columns and system_prompt is not None:
-        errors.append("pass either a 'system' column or system_prompt, not both")
-    return errors
 
 
 def _read_bytes(path: Path) -> bytes:
     if not path.exists():
         raise InvalidInputError(f"no dataset file at {path}")
     if not path.is_file():
-        raise InvalidInputError(f"{path} is not a file; pass the path of a .jsonl or .csv file")
+        raise InvalidInputError(f"{path} is not a file; pass the path of a dataset file")
     return path.read_bytes()
 
 
-def _decode(path: Path, data: bytes) -> str:
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise InvalidInputError(f"{path} is UTF-16 text; save it as UTF-8 and try again")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+def _stored(row: _Row) -> dict[str, Any]:
+    return {**row.conversation, "source_line": row.line}
+
+
+# --- records to conversations --------------------------------------------------------------
+
+
+def _choose_format(path: Path, read: ReadResult, options: PrepareOptions) -> str:
+    if options.format != "auto":
+        return options.format
+    if options.columns is not None:
+        return "columns"
+    sample = [record.value for record in read.records[:DETECTION_SAMPLE]]
+    detected = formats.detect_format(sample)
+    if detected is not None:
+        return detected
+
+    if read.container == "csv":
         raise InvalidInputError(
-            f"{path} is not UTF-8 text: byte 0x{data[exc.start]:02x} on line {line} cannot be "
-            "decoded; save the file as UTF-8 and try again"
-        ) from exc
-
-
-def _detect_format(path: Path, text: str) -> str:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return "chat_jsonl"
-    if suffix in (".csv", ".tsv"):
-        return "csv"
-    return "chat_jsonl" if text.lstrip()[:1] in ("{", "[") else "csv"
-
-
-def _enforce_policy(path: Path, parsed: _Parsed, problems: list[RowProblem], on_error: str) -> None:
-    bad_rows = sum(parsed.dropped.values())
-    if problems and on_error == "reject":
-        raise DatasetError(
-            path,
-            problems,
-            f"{len(problems)} problem(s) in {bad_rows} of {parsed.rows_read} rows; fix them, "
-            "or pass on_error='skip' to drop those rows",
+            f"{path} is CSV with columns {', '.join(map(repr, read.columns or []))}; pass "
+            'columns to say which gives each turn, e.g. {"user": "text", "assistant": "label"}'
         )
-    if not parsed.rows:
-        summary = f"no valid rows ({parsed.rows_read} read, {bad_rows} invalid)"
-        if not parsed.rows_read:
-            summary = "the file has no rows"
-        raise DatasetError(path, problems, summary)
+    keys = sorted({key for value in sample if isinstance(value, dict) for key in value})
+    listed = ", ".join(map(repr, keys[:20])) or "(none)"
+    raise InvalidInputError(
+        f"cannot tell the format of {path}: its records have keys {listed}; "
+        f"pass format (one of {', '.join(formats.FORMATS)}), or columns to map fields to roles"
+    )
 
 
-# --- chat JSONL ----------------------------------------------------------------------------
-
-
-def _parse_jsonl(
-    path: Path, text: str, columns: dict[str, str] | None, system_prompt: str | None
-) -> _Parsed:
-    if columns is not None:
-        raise InvalidInputError(f"{path} is chat JSONL; columns applies to CSV files only")
-    if _is_json_array(text):
-        raise InvalidInputError(
-            f'{path} holds a JSON array; chat_jsonl wants one {{"messages": [...]}} object per line'
+def _normalise_records(work: _Pass) -> None:
+    columns = work.options.columns
+    for record in work.read.records:
+        conversation, problems = formats.normalize_record(
+            record.value, work.format, record.line, columns=columns
         )
-
-    parsed = _Parsed()
-    for number, line in enumerate(_physical_lines(text), start=1):
-        if not line.strip():
-            parsed.blank_lines += 1
-            continue
-        messages, found = _check_jsonl_line(number, line)
-        if messages is not None and system_prompt is not None and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        parsed.add(number, messages, found)
-    return parsed
+        work.problems += problems
+        row = _Row(record.line, conversation or {"messages": []})
+        work.rows.append(row)
+        if conversation is None:
+            work.drop(row, next(problem.code for problem in problems if is_error(problem)))
+    for problem in work.read.problems:
+        work.dropped[problem.code] += 1
 
 
-def _is_json_array(text: str) -> bool:
-    if not text.lstrip().startswith("["):
-        return False
-    try:
-        return isinstance(json.loads(text), list)
-    except json.JSONDecodeError:
-        return False  # a JSONL file whose first row is an array; reported row by row
-
-
-def _physical_lines(text: str) -> list[str]:
-    # Split on "\n" only: str.splitlines would also break on U+2028 inside JSON strings.
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    return lines[:-1] if lines[-1] == "" else lines  # a final newline ends a line, opens none
-
-
-def _check_jsonl_line(number: int, line: str) -> tuple[list[Message] | None, list[_Found]]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        problem = RowProblem(number, "row", f"not valid JSON: {exc.msg} at column {exc.colno}")
-        return None, [_Found("invalid_json", problem)]
-
-    if not isinstance(row, dict):
-        problem = RowProblem(
-            number, "row", f'expected an object like {{"messages": [...]}}, got {_json_type(row)}'
-        )
-        return None, [_Found("not_an_object", problem)]
-    return _check_conversation(number, row.get("messages"), "messages" in row)
-
-
-def _check_conversation(
-    number: int, messages: object, present: bool
-) -> tuple[list[Message] | None, list[_Found]]:
-    if not isinstance(messages, list) or not messages:
-        if not present:
-            message = 'is missing; each row needs "messages": [{"role": ..., "content": ...}]'
-        elif isinstance(messages, list):
-            message = "is empty; a row needs at least a user and an assistant turn"
-        else:
-            message = f"must be a list of messages, got {_json_type(messages)}"
-        return None, [_Found("bad_messages", RowProblem(number, "messages", message))]
-
-    found = [f for index, m in enumerate(messages) for f in _check_message(number, index, m)]
-    if found:
-        return None, found
-    turns = [{"role": m["role"], "content": m["content"]} for m in messages]
-    found = _check_turn_order(number, turns)
-    return (None, found) if found else (turns, [])
-
-
-def _check_message(number: int, index: int, message: object) -> list[_Found]:
-    where = f"messages[{index}]"
-    if not isinstance(message, dict):
-        text = f"must be an object with role and content, got {_json_type(message)}"
-        return [_Found("bad_message", RowProblem(number, where, text))]
-
-    found = []
-    role = message.get("role")
-    if role not in ROLES:
-        shown = "is missing" if "role" not in message else f"{_show(role)} is not a role"
-        text = f"{shown}; allowed: {', '.join(ROLES)}"
-        found.append(_Found("unknown_role", RowProblem(number, f"{where}.role", text)))
-
-    content = message.get("content")
-    if not isinstance(content, str):
-        text = "is missing" if "content" not in message else f"got {_json_type(content)}"
-        text = f"{text}; content must be a string"
-        found.append(_Found("bad_content", RowProblem(number, f"{where}.content", text)))
-    elif not content.strip():
-        text = "is empty; every turn needs text"
-        found.append(_Found("empty_content", RowProblem(number, f"{where}.content", text)))
-    return found
-
-
-def _check_turn_order(number: int, turns: list[Message]) -> list[_Found]:
-    if not any(turn["role"] == "assistant" for turn in turns):
-        text = "has no assistant turn; the model learns only from assistant turns"
-        return [_Found("no_assistant_turn", RowProblem(number, "messages", text))]
-
-    last = turns[-1]["role"]
-    if last != "assistant":
-        where = f"messages[{len(turns) - 1}].role"
-        text = f"last turn is from {last!r}; a conversation must end with an assistant turn"
-        return [_Found("last_turn_not_assistant", RowProblem(number, where, text))]
-    return []
-
-
-# --- CSV -----------------------------------------------------------------------------------
-
-
-def _parse_csv(
-    path: Path, text: str, columns: dict[str, str] | None, system_prompt: str | None
-) -> _Parsed:
-    delimiter = _sniff_delimiter(path, text)
-    parsed = _Parsed(delimiter=delimiter)
-    # strict mode turns an unclosed quote into an error instead of one cell swallowing the rest
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    header: list[str] | None = None
-    try:
-        header = [name.strip() for name in next(reader, [])]
-        indexes = _resolve_columns(path, header, columns)
-        # Row numbers count records as a spreadsheet shows them: the header is row 1.
-        for number, record in enumerate(reader, start=2):
-            _add_csv_record(parsed, number, record, header, indexes, system_prompt)
-    except csv.Error as exc:
-        row = parsed.rows_read + parsed.blank_lines + (1 if header is None else 2)
-        _raise_unreadable_csv(path, parsed, row, exc)
-    return parsed
-
-
-def _add_csv_record(
-    parsed: _Parsed,
-    number: int,
-    record: list[str],
-    header: list[str],
-    indexes: dict[str, int],
-    system_prompt: str | None,
-) -> None:
-    cells = [cell.strip() for cell in record]
-    if not any(cells):
-        parsed.blank_lines += 1
+def _normalise_whitespace(work: _Pass) -> None:
+    mode = work.options.whitespace
+    if mode == "none":
         return
-    found = _check_csv_record(number, cells, header, indexes)
-    parsed.add(number, None if found else _csv_turns(cells, indexes, system_prompt), found)
+    for row in work.live():
+        for message in row.messages:
+            if isinstance(message.get("content"), str):
+                message["content"] = cleaning.normalize_whitespace(message["content"], mode)
 
 
-def _raise_unreadable_csv(path: Path, parsed: _Parsed, row: int, exc: csv.Error) -> None:
-    problem = RowProblem(row, "row", f"cannot be parsed as CSV: {exc}; check the quotes in it")
-    problems = [found.problem for found in parsed.found] + [problem]
-    summary = f"{len(problems)} problem(s); reading stopped at row {row}, whose quoting is broken"
-    raise DatasetError(path, problems, summary) from exc
+def _add_system_prompts(work: _Pass) -> None:
+    prompt = work.options.system_prompt
+    if prompt is None:
+        return
+    for row in work.live():
+        if row.messages[0]["role"] != "system":
+            row.messages.insert(0, {"role": "system", "content": prompt})
 
 
-def _sniff_delimiter(path: Path, text: str) -> str:
-    if path.suffix.lower() == ".tsv":
-        return "\t"
-    # Sniff from the header alone: free text in data rows is full of commas and semicolons.
-    header = text.split("\n", 1)[0]
-    counts = {delimiter: header.count(delimiter) for delimiter in (",", "\t", ";", "|")}
-    best = max(counts, key=lambda delimiter: counts[delimiter])
-    return best if counts[best] else ","
-
-
-def _resolve_columns(
-    path: Path, header: list[str], columns: dict[str, str] | None
-) -> dict[str, int]:
-    listed = ", ".join(repr(name) for name in header)
-    if not any(header):
-        raise InvalidInputError(
-            f"{path} has no header row; a CSV file starts with its column names"
-        )
-    if columns is None:
-        raise InvalidInputError(
-            f"{path} is CSV, so columns is required: map roles to its columns ({listed}), "
-            'e.g. {"user": "text", "assistant": "label"}'
-        )
-
-    missing = [name for name in columns.values() if name.strip() not in header]
-    if missing:
-        names = ", ".join(repr(name) for name in missing)
-        raise InvalidInputError(f"{path} has no column {names}; its header has: {listed}")
-    return {role: header.index(columns[role].strip()) for role in ROLES if role in columns}
-
-
-def _check_csv_record(
-    number: int, cells: list[str], header: list[str], indexes: dict[str, int]
-) -> list[_Found]:
-    if len(cells) > len(header):
-        text = (
-            f"has {len(cells)} cells but the header has {len(header)}; "
-            "quote cells that contain the delimiter"
-        )
-        return [_Found("wrong_cell_count", RowProblem(number, "row", text))]
-
-    found = []
-    for role, index in indexes.items():
-        if index >= len(cells) or not cells[index]:
-            text = f"empty cell in column {header[index]!r} (the {role} turn)"
-            found.append(_Found("empty_cell", RowProblem(number, header[index], text)))
-    return found
-
-
-def _csv_turns(
-    cells: list[str], indexes: dict[str, int], system_prompt: str | None
-) -> list[Message]:
-    turns = [{"role": role, "content": cells[index]} for role, index in indexes.items()]
-    if system_prompt is not None:
-        turns.insert(0, {"role": "system", "content": system_prompt})
-    return turns
-
-
-# --- de-duplication, labels and split ------------------------------------------------------
-
-
-def _drop_duplicates(parsed: _Parsed) -> list[_Row]:
-    seen: set[str] = set()
-    kept = []
-    for row in parsed.rows:
-        key = json.dumps(row.messages, ensure_ascii=False)
-        if key in seen:
-            parsed.dropped["duplicate"] += 1
-            continue
-        seen.add(key)
-        kept.append(row)
-    return kept
-
-
-def _labels_of(rows: list[_Row]) -> list[str] | None:
-    """The final answers when they look like class labels, else None."""
-    answers = [row.messages[-1]["content"].strip() for row in rows]
+def _detect_labels(work: _Pass) -> list[str] | None:
+    """The label set when the final answers look like class labels; sets each row's label."""
+    rows = work.live()
+    answers = [_answer(row) for row in rows]
     distinct = set(answers)
     looks_like_labels = (
-        len(distinct) <= MAX_LABELS
+        bool(answers)
+        and len(distinct) <= MAX_LABELS
         # Free-text answers are nearly all distinct; labels repeat, twice per label at least.
-        and 2 * len(distinct) <= len(answers)
-        and all("\n" not in answer and len(answer) <= MAX_LABEL_CHARS for answer in distinct)
+        and (2 * len(distinct) <= len(answers) or work.format == "classification")
+        and all("\n" not in answer and 0 < len(answer) <= MAX_LABEL_CHARS for answer in distinct)
     )
-    return answers if looks_like_labels else None
+    if not looks_like_labels:
+        return None
+
+    for row, answer in zip(rows, answers, strict=True):
+        row.label = answer
+    labels = sorted(distinct)
+    if work.options.label_prompt:
+        _add_label_prompt(rows, labels)
+    return labels
 
 
-def _prompt_key(row: _Row) -> str:
-    # Case and spacing differences do not make a prompt new, so they must not split a group.
-    prompt = [
-        (turn["role"], " ".join(turn["content"].split()).casefold()) for turn in row.messages[:-1]
-    ]
-    return json.dumps(prompt, ensure_ascii=False)
+def _answer(row: _Row) -> str:
+    content = row.messages[-1].get("content")
+    return content.strip() if isinstance(content, str) else ""
+
+
+def _add_label_prompt(rows: list[_Row], labels: list[str]) -> None:
+    instruction = f"Answer with exactly one of these labels: {', '.join(labels)}."
+    for row in rows:
+        first = row.messages[0]
+        if first["role"] == "system":
+            first["content"] = f"{first['content']}\n\n{instruction}"
+        else:
+            row.messages.insert(0, {"role": "system", "content": instruction})
+
+
+# --- screens -------------------------------------------------------------------------------
+
+
+def _screen_pii(work: _Pass) -> None:
+    policy = work.options.pii
+    for row in work.live():
+        found: Counter[str] = Counter()
+        for index, message in enumerate(row.messages):
+            content = message.get("content")
+            if not isinstance(content, str):
+                continue
+            matches = pii.find_pii(content)
+            if not matches:
+                continue
+            found.update(match.type for match in matches)
+            if policy == "redact":
+                message["content"] = pii.redact_pii(content, matches)
+            kinds = ", ".join(sorted({match.type for match in matches}))
+            done = {"redact": "redacted", "drop": "row dropped", "keep": "kept"}[policy]
+            work.problems.append(
+                PII_FOUND.at(row.line, f"$.messages[{index}].content", f"{kinds} ({done})")
+            )
+        if found:
+            work.pii_counts.update(found)
+            row.flags += [f"pii:{kind}" for kind in sorted(found)]
+            if policy == "drop":
+                work.drop(row, "pii")
+
+
+def _screen_harm(work: _Pass) -> None:
+    for row in work.live():
+        categories = sorted(
+            {
+                category
+                for message in row.messages
+                if message["role"] == "user" and isinstance(message.get("content"), str)
+                for category in harm.screen_harm(message["content"])
+            }
+        )
+        if not categories:
+            continue
+        work.harm_counts.update(categories)
+        row.flags += [f"harm:{category}" for category in categories]
+        action = "row dropped" if work.options.harmful == "drop" else "flagged"
+        message = f"asks for harmful content: {', '.join(categories)} ({action})"
+        work.problems.append(HARMFUL_REQUEST.at(row.line, "$.messages", message))
+        if work.options.harmful == "drop":
+            work.drop(row, "harmful_request")
+
+
+# --- duplicates ----------------------------------------------------------------------------
+
+
+def _remove_duplicates(work: _Pass) -> None:
+    """Drop exact and near copies; group rows with near-identical prompts for the split.
+
+    Rows whose prompts are near duplicates form one group. In a group, a row with the same
+    system text and answer as an earlier one is a copy; different answers are a conflict.
+    """
+    rows = work.live()
+    threshold = work.options.near_duplicate_threshold
+    groups = cleaning.find_near_duplicates([_prompt_text(row) for row in rows], threshold)
+    first_of: dict[tuple[int, str], _Row] = {}
+    exact_seen: set[str] = set()
+    answers_in_group: dict[int, dict[str, int]] = defaultdict(dict)
+
+    for row, group in zip(rows, groups, strict=True):
+        row.group = group
+        exact = json.dumps(row.conversation, ensure_ascii=False, sort_keys=True)
+        if exact in exact_seen:
+            first = first_of[(group, _copy_key(row))]
+            work.problems.append(EXACT_DUPLICATE.at(row.line, "$", f"copy of line {first.line}"))
+            work.drop(row, "duplicate")
+            continue
+        exact_seen.add(exact)
+
+        key = (group, _copy_key(row))
+        if key in first_of and work.options.near_duplicates == "drop":
+            first = first_of[key]
+            message = f"near copy of line {first.line}"
+            work.problems.append(NEAR_DUPLICATE.at(row.line, "$", message))
+            work.drop(row, "near_duplicate")
+            continue
+        first_of.setdefault(key, row)
+        answers_in_group[group].setdefault(_copy_key(row), row.line)
+
+    _report_conflicts(work, answers_in_group)
+
+
+def _prompt_text(row: _Row) -> str:
+    # The system prompt is left out: one shared instruction would make every row look alike.
+    return "\n".join(
+        str(message.get("content") or "")
+        for message in row.messages[:-1]
+        if message["role"] != "system"
+    )
+
+
+def _copy_key(row: _Row) -> str:
+    system = row.messages[0]["content"] if row.messages[0]["role"] == "system" else ""
+    answer = row.messages[-1]
+    calls = json.dumps(answer.get("tool_calls"), sort_keys=True) if "tool_calls" in answer else ""
+    return cleaning.dedup_key(system) + "\0" + cleaning.dedup_key(_answer(row)) + "\0" + calls
+
+
+def _report_conflicts(work: _Pass, answers_in_group: dict[int, dict[str, int]]) -> None:
+    conflicted = {group: lines for group, lines in answers_in_group.items() if len(lines) > 1}
+    for row in work.live():
+        lines = conflicted.get(row.group)
+        if lines is None:
+            continue
+        others = sorted(line for line in lines.values() if line != row.line)
+        shown = ", ".join(map(str, others[:5])) + (" ..." if len(others) > 5 else "")
+        message = f"the same prompt has a different answer on line(s) {shown}"
+        work.problems.append(CONFLICTING_ANSWERS.at(row.line, "$", message))
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+
+def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
+    rows = work.live()
+    limit = work.options.max_seq_len
+    for row, lengths in zip(rows, counter.measure([row.conversation for row in rows]), strict=True):
+        if isinstance(lengths, str):
+            work.problems.append(TEMPLATE_ERROR.at(row.line, "$.messages", lengths))
+            work.drop(row, TEMPLATE_ERROR.name)
+            continue
+        row.lengths = lengths
+        if lengths.before_answer >= limit:
+            message = (
+                f"the prompt alone is {lengths.before_answer} tokens, so max_seq_len={limit} "
+                "leaves no answer token"
+            )
+            work.problems.append(PROMPT_TOO_LONG.at(row.line, "$.messages", message))
+            work.drop(row, PROMPT_TOO_LONG.name)
+        elif lengths.total > limit:
+            cut = lengths.total - limit
+            action = "row dropped" if work.options.on_truncation == "drop" else "kept, cut short"
+            message = (
+                f"{lengths.total} tokens: the last {cut} tokens of the answer fall beyond "
+                f"max_seq_len={limit} ({action})"
+            )
+            work.problems.append(ANSWER_TRUNCATED.at(row.line, "$.messages", message))
+            if work.options.on_truncation == "drop":
+                work.drop(row, ANSWER_TRUNCATED.name)
+
+
+# --- policy --------------------------------------------------------------------------------
+
+
+def _enforce_policy(path: Path, work: _Pass) -> None:
+    errors = [problem for problem in work.problems if is_error(problem)]
+    examples = work.options.examples_per_problem
+    if errors and work.options.on_error == "reject":
+        bad = len({problem.line for problem in errors})
+        summary = (
+            f"{len(errors)} error(s) in {bad} of {work.read.records_read} records; nothing was "
+            "stored. Fix them, or pass on_error='skip' to drop those records"
+        )
+        raise DatasetError(path, work.problems, summary, examples)
+    if not work.live():
+        reasons = ", ".join(f"{count} {reason}" for reason, count in work.dropped.most_common())
+        summary = f"no usable record among {work.read.records_read} ({reasons or 'none read'})"
+        raise DatasetError(path, work.problems, summary, examples)
+
+
+# --- split ---------------------------------------------------------------------------------
 
 
 def _split(
     rows: list[_Row], labels: list[str] | None, fraction: float, seed: int
 ) -> tuple[list[_Row], list[_Row]]:
-    groups: dict[str, list[int]] = defaultdict(list)
+    """Seeded, label-stratified, and group-aware: a prompt group never straddles the split."""
+    groups: dict[int, list[int]] = defaultdict(list)
     for index, row in enumerate(rows):
-        groups[_prompt_key(row)].append(index)
+        groups[row.group].append(index)
 
-    strata: dict[str, list[str]] = defaultdict(list)
-    for key, members in groups.items():
-        strata[_group_label(members, labels)].append(key)
-    sizes = {name: sum(len(groups[key]) for key in keys) for name, keys in strata.items()}
+    strata: dict[str, list[int]] = defaultdict(list)
+    for group, members in groups.items():
+        strata[_group_label(rows, members) if labels else ""].append(group)
+    sizes = {name: sum(len(groups[group]) for group in chosen) for name, chosen in strata.items()}
     quotas = _quotas(sizes, fraction)
 
     held_out: set[int] = set()
     for name in sorted(strata):
-        order = sorted(strata[name], key=lambda key: _draw(seed, key))
+        order = sorted(strata[name], key=lambda group: _draw(seed, rows[groups[group][0]]))
         held_out |= _fill(order, groups, quotas[name])
     train = [row for index, row in enumerate(rows) if index not in held_out]
     validation = [row for index, row in enumerate(rows) if index in held_out]
     return train, validation
 
 
-def _group_label(members: list[int], labels: list[str] | None) -> str:
-    if labels is None:
-        return ""
-    counts = Counter(labels[index] for index in members)
+def _group_label(rows: list[_Row], members: list[int]) -> str:
+    counts = Counter(rows[index].label or "" for index in members)
     return min(counts, key=lambda label: (-counts[label], label))
 
 
-def _draw(seed: int, key: str) -> str:
-    # A hash rather than random.shuffle: a row's side then does not move when other rows change.
+def _draw(seed: int, row: _Row) -> str:
+    # A hash of content rather than random.shuffle: a row's side does not move when other rows
+    # are added or removed.
+    key = cleaning.dedup_key(_prompt_text(row))
     return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
 
 
@@ -594,11 +666,11 @@ def _quotas(sizes: dict[str, int], fraction: float) -> dict[str, int]:
     return quotas
 
 
-def _fill(order: list[str], groups: dict[str, list[int]], quota: int) -> set[int]:
+def _fill(order: list[int], groups: dict[int, list[int]], quota: int) -> set[int]:
     chosen: set[int] = set()
-    for key in order:
-        if len(chosen) + len(groups[key]) <= quota:
-            chosen.update(groups[key])
+    for group in order:
+        if len(chosen) + len(groups[group]) <= quota:
+            chosen.update(groups[group])
         if len(chosen) == quota:
             break
     return chosen
@@ -610,52 +682,84 @@ def _fill(order: list[str], groups: dict[str, list[int]], quota: int) -> set[int
 def _build_report(
     path: Path,
     sha256: str,
-    format: str,
-    parsed: _Parsed,
-    problems: list[RowProblem],
+    work: _Pass,
     labels: list[str] | None,
-    splits: tuple[list[_Row], list[_Row]],
+    train: list[_Row],
+    validation: list[_Row],
+    counter: TokenCounter | None,
 ) -> dict[str, Any]:
-    train, validation = splits
-    kept = train + validation
+    options = work.options
+    errors = sum(1 for problem in work.problems if is_error(problem))
     return {
-        "source": str(path),
-        "sha256": sha256,
-        "format": format,
-        "delimiter": parsed.delimiter,
-        "rows_read": parsed.rows_read,
-        "rows_kept": len(kept),
-        "rows_dropped": dict(sorted(parsed.dropped.items())),
-        "blank_lines": parsed.blank_lines,
-        "train_rows": len(train),
-        "validation_rows": len(validation),
-        "labels": _label_counts(labels) if labels is not None else None,
-        "validation_labels": _label_counts(_answers(validation)) if labels is not None else None,
-        "prompts_with_conflicting_answers": _conflicts(kept),
-        "answer_chars": _length_stats([len(answer) for answer in _answers(kept)]),
-        "problem_count": len(problems),
-        "problems": [asdict(problem) for problem in problems[:PROBLEMS_IN_REPORT]],
+        "source": {
+            "path": str(path),
+            "sha256": sha256,
+            **work.read.layout(),
+            "format": work.format,
+        },
+        "rows": {
+            "read": work.read.records_read,
+            "kept": len(train) + len(validation),
+            "train": len(train),
+            "validation": len(validation),
+            "dropped": dict(work.dropped.most_common()),
+        },
+        "problems": {
+            "errors": errors,
+            "warnings": len(work.problems) - errors,
+            "by_code": group_problems(work.problems, options.examples_per_problem),
+        },
+        "labels": _label_report(labels, train, validation),
+        "tokens": _token_report(train + validation, train, options.max_seq_len, counter),
+        "pii": {"policy": options.pii, "matches_by_type": dict(sorted(work.pii_counts.items()))},
+        "harm": {
+            "policy": options.harmful,
+            "rows_flagged": sum(1 for p in work.problems if p.code == HARMFUL_REQUEST.name),
+            "by_category": dict(sorted(work.harm_counts.items())),
+        },
+        "options": asdict(options),
     }
 
 
-def _answers(rows: list[_Row]) -> list[str]:
-    return [row.messages[-1]["content"].strip() for row in rows]
+def _label_report(
+    labels: list[str] | None, train: list[_Row], validation: list[_Row]
+) -> dict[str, Any] | None:
+    if labels is None:
+        return None
+    return {
+        "count": len(labels),
+        "train": _counts(row.label or "" for row in train),
+        "validation": _counts(row.label or "" for row in validation),
+    }
 
 
-def _label_counts(labels: list[str]) -> dict[str, int]:
-    counts = Counter(labels)
-    return {label: counts[label] for label in sorted(counts, key=lambda x: (-counts[x], x))}
+def _counts(values: Any) -> dict[str, int]:
+    counts = Counter(values)
+    return {key: counts[key] for key in sorted(counts, key=lambda key: (-counts[key], key))}
 
 
-def _conflicts(rows: list[_Row]) -> int:
-    answers: dict[str, set[str]] = defaultdict(set)
-    for row in rows:
-        answers[_prompt_key(row)].add(row.messages[-1]["content"].strip())
-    return sum(1 for seen in answers.values() if len(seen) > 1)
+def _token_report(
+    kept: list[_Row], train: list[_Row], limit: int, counter: TokenCounter | None
+) -> dict[str, Any] | None:
+    if counter is None:
+        return None
+    totals = [row.lengths.total for row in kept if row.lengths is not None]
+    return {
+        "tokenizer_fingerprint": counter.fingerprint,
+        "max_seq_len": limit,
+        "per_row": _stats(totals),
+        "histogram": _histogram(totals, limit),
+        "rows_over_max_seq_len": sum(1 for total in totals if total > limit),
+        "train_tokens_per_epoch": sum(
+            min(row.lengths.total, limit) for row in train if row.lengths is not None
+        ),
+    }
 
 
-def _length_stats(lengths: list[int]) -> dict[str, float]:
-    ordered = sorted(lengths)
+def _stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
     return {
         "min": ordered[0],
         "median": statistics.median(ordered),
@@ -665,72 +769,15 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def _json_type(value: object) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
-    if value is None:
-        return "null"
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return f"a number ({value!r})"
-    return names.get(type(value), type(value).__name__)
+def _histogram(values: list[int], limit: int) -> dict[str, int]:
+    """Rows per power-of-two length bucket, up to and beyond max_seq_len."""
+    edges = [2**power for power in range(4, 18) if 2**power < limit] + [limit]
+    counts = Counter(next((edge for edge in edges if value <= edge), None) for value in values)
+    buckets = {f"<={edge}": counts.get(edge, 0) for edge in edges}
+    buckets[f">{limit}"] = counts.get(None, 0)
+    return buckets
 
 
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-# --- JSONL files ---------------------------------------------------------------------------
-
-
-def write_jsonl(rows: Iterable[dict[str, Any]], path: Path) -> None:
-    """Write rows as JSON lines, atomically: readers see the old file or the whole new one.
-
-    Args:
-        rows: JSON-serialisable dicts, one per line.
-        path: Destination; its folder is created when missing.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON lines file of objects, skipping blank lines.
-
-    Args:
-        path: A UTF-8 file with one JSON object per line.
-
-    Returns:
-        The objects in file order.
-
-    Raises:
-        InvalidInputError: The file is missing, not UTF-8, or a line is not a JSON object.
-    """
-    path = Path(path)
-    text = _decode(path, _read_bytes(path))
-    rows = []
-    for number, line in enumerate(_physical_lines(text), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidInputError(f"{path}, line {number}: not valid JSON: {exc.msg}") from exc
-        if not isinstance(row, dict):
-            raise InvalidInputError(
-                f"{path}, line {number}: expected an object, got {_json_type(row)}"
-            )
-        rows.append(row)
-    return rows

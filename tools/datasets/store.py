@@ -8,18 +8,22 @@ import logging
 import os
 import shutil
 import threading
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from turing.server.jobs import write_json_atomic
 from turing.server.registry import utc_now
 from turing.server.services import Services
+from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
+from turing.tools.datasets.jsonl import read_jsonl, write_jsonl
 from turing.tools.datasets.prepare import (
     PreparedDataset,
+    PrepareOptions,
+    parse_options,
     prepare_dataset,
-    read_jsonl,
-    write_jsonl,
 )
+from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 from turing.tools.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -41,37 +45,63 @@ def check_input_file(path: str, what: str) -> Path:
     return candidate.resolve()
 
 
-def create_dataset(services: Services, path: str, **options: Any) -> dict[str, Any]:
-    """Prepare a file into a stored dataset version; the same file and options give the same id."""
-    source = check_input_file(path, "dataset file")
-    prepared = prepare_dataset(source, **options)
-    with _STORE_LOCK:
-        return _store(services, source, prepared, options)
-
-
-def _store(
-    services: Services, source: Path, prepared: PreparedDataset, options: dict[str, Any]
+def create_dataset(
+    services: Services, path: str, base_model: str = DEFAULT_BASE_MODEL, **raw: Any
 ) -> dict[str, Any]:
+    """Prepare a file into a stored dataset version; the same file and options give the same id.
 
-    dataset_id = "ds-" + _content_id(prepared.source_sha256, options)
+    The id hashes the file's bytes, every option (defaults included) and the fingerprint of the
+    base model's tokenizer and chat template, so a second identical call returns the stored
+    version without reading the file again.
+    """
+    options = parse_options(raw)
+    source = check_input_file(path, "dataset file")
+    model = get_base_model(services, base_model)
+    counter = load_token_counter(Path(model["gguf_path"]), services.workspace.folder("tokenizers"))
+    dataset_id = _content_id(_sha256_of(source), options, base_model, counter)
+
     existing = services.registry.find("datasets", dataset_id)
     if existing is not None:
         logger.info("dataset %s already stored; returning it", dataset_id)
         return describe_dataset(existing)
 
-    folder = _write_files(
-        services, dataset_id, prepared.train, prepared.validation, prepared.report
-    )
+    prepared = prepare_dataset(source, options, counter)
+    with _STORE_LOCK:
+        existing = services.registry.find("datasets", dataset_id)
+        if existing is not None:
+            return describe_dataset(existing)
+        return _store(services, dataset_id, source, prepared, options, base_model, counter)
+
+
+def _store(
+    services: Services,
+    dataset_id: str,
+    source: Path,
+    prepared: PreparedDataset,
+    options: PrepareOptions,
+    base_model: str,
+    counter: TokenCounter,
+) -> dict[str, Any]:
+    prepared.report["lineage"] = {
+        "dataset_id": dataset_id,
+        "source_sha256": prepared.source_sha256,
+        "base_model": base_model,
+        "tokenizer_fingerprint": counter.fingerprint,
+    }
+    folder = _write_files(services, dataset_id, prepared)
     row = {
         "id": dataset_id,
         "source_path": str(source),
         "source_sha256": prepared.source_sha256,
-        "format": prepared.report.get("format", options.get("format", "auto")),
-        "options": options,
+        "format": prepared.report["source"]["format"],
+        "options": asdict(options),
         "train_rows": len(prepared.train),
         "validation_rows": len(prepared.validation),
         "folder": str(folder),
         "report": prepared.report,
+        "base_model": base_model,
+        "tokenizer_fingerprint": counter.fingerprint,
+        "max_seq_len": options.max_seq_len,
         "created_at": utc_now(),
     }
     services.registry.insert("datasets", row)
@@ -93,9 +123,16 @@ def describe_dataset(row: dict[str, Any]) -> dict[str, Any]:
         "format": row["format"],
         "train_rows": row["train_rows"],
         "validation_rows": row["validation_rows"],
-        "labels": report.get("labels"),
-        "dropped": report.get("rows_dropped"),
+        "base_model": row.get("base_model"),
+        "max_seq_len": row.get("max_seq_len"),
+        "labels": (report.get("labels") or {}).get("train"),
+        "dropped": (report.get("rows") or {}).get("dropped"),
+        "problems": {
+            code: group["count"]
+            for code, group in ((report.get("problems") or {}).get("by_code") or {}).items()
+        },
         "report_uri": f"turing://datasets/{row['id']}/report",
+        "problems_uri": f"turing://datasets/{row['id']}/problems",
     }
 
 
@@ -114,22 +151,42 @@ def split_path(services: Services, dataset_id: str, split: str) -> Path:
     return folder / f"{split}.jsonl"
 
 
-def _content_id(source_sha256: str, options: dict[str, Any]) -> str:
-    canonical = json.dumps({"source": source_sha256, "options": options}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _write_files(
-    services: Services, dataset_id: str, train: list, validation: list, report: dict
-) -> Path:
-    # Written under a temporary name and renamed, so a crash never leaves a partial version.
+def _content_id(
+    source_sha256: str, options: PrepareOptions, base_model: str, counter: TokenCounter
+) -> str:
+    canonical = json.dumps(
+        {
+            "source": source_sha256,
+            "options": asdict(options),
+            "base_model": base_model,
+            "tokenizer": counter.fingerprint,
+        },
+        sort_keys=True,
+    )
+    return "ds-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _write_files(services: Services, dataset_id: str, prepared: PreparedDataset) -> Path:
+    # Written under a temporary name and renamed, so a crash never leaves a partial version;
+    # the files are then made read-only, as a version never changes.
     final = services.workspace.folder("datasets") / dataset_id
     staging = final.with_name(f".{dataset_id}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    write_jsonl(train, staging / "train.jsonl")
-    write_jsonl(validation, staging / "validation.jsonl")
-    write_json_atomic(staging / "report.json", report)
+    write_jsonl(prepared.train, staging / "train.jsonl")
+    write_jsonl(prepared.validation, staging / "validation.jsonl")
+    write_jsonl((problem.to_dict() for problem in prepared.problems), staging / "problems.jsonl")
+    write_json_atomic(staging / "report.json", prepared.report)
+    for written in staging.iterdir():
+        written.chmod(0o444)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
     return final

@@ -10,7 +10,7 @@ from typing import Any
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import jobs
-from turing.tools.datasets.prepare import write_jsonl
+from turing.tools.datasets.jsonl import write_jsonl
 from turing.tools.datasets.store import load_split
 from turing.tools.deploy.versions import ModelTarget, resolve_model
 from turing.tools.errors import InvalidInputError

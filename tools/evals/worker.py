@@ -18,7 +18,7 @@ from typing import Any
 
 from turing.server.jobs import write_json_atomic
 from turing.tools.chat import read_chat_template
-from turing.tools.datasets.prepare import read_jsonl, write_jsonl
+from turing.tools.datasets.jsonl import read_jsonl, write_jsonl
 
 logger = logging.getLogger("turing.eval")
 

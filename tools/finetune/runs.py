@@ -27,9 +27,15 @@ def start_run(
     base_model: str = DEFAULT_BASE_MODEL,
     hyperparameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Validate the request, start a training worker, and return the new run at once."""
-    params = parse_params(hyperparameters or {})
-    services.registry.get("datasets", dataset_id, "dataset")
+    """Validate the request, start a training worker, and return the new run at once.
+
+    Unless given, max_seq_len is the one the dataset's rows were measured against.
+    """
+    given = dict(hyperparameters or {})
+    dataset = services.registry.get("datasets", dataset_id, "dataset")
+    if "max_seq_len" not in given and dataset.get("max_seq_len"):
+        given["max_seq_len"] = dataset["max_seq_len"]
+    params = parse_params(given)
     base = get_base_model(services, base_model)
 
     run_id = "run-" + uuid.uuid4().hex[:10]

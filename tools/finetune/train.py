@@ -144,7 +144,11 @@ class Example:
 
 
 def tokenize_conversation(
-    messages: list[Message], tokenizer: Any, template: ChatTemplate, max_seq_len: int
+    messages: list[Message],
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int,
+    tools: list[dict[str, Any]] | None = None,
 ) -> Example:
     """Tokenise a conversation with labels on the assistant tokens only, truncated to max_seq_len.
 
@@ -153,7 +157,7 @@ def tokenize_conversation(
     """
     input_ids: list[int] = []
     labels: list[int] = []
-    for prompt, answer in template.split_turns(messages):
+    for prompt, answer in template.split_turns(messages, tools):
         prompt_ids = encode_text(tokenizer, prompt, at_start=not input_ids)
         answer_ids = encode_text(tokenizer, answer, at_start=False)
         input_ids += prompt_ids + answer_ids
@@ -181,7 +185,9 @@ def tokenize_rows(
                 f"row {number}: expected {{'messages': [...]}}, got {row!r:.200}"
             )
         try:
-            example = tokenize_conversation(messages, tokenizer, template, max_seq_len)
+            example = tokenize_conversation(
+                messages, tokenizer, template, max_seq_len, row.get("tools")
+            )
         except (ChatTemplateError, KeyError, TypeError) as exc:
             raise InvalidInputError(
                 f"row {number}: cannot be rendered for training: {exc}"

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from turing.server.jobs import write_json_atomic
 from turing.server.registry import utc_now
-from turing.tools.datasets.prepare import read_jsonl
+from turing.tools.datasets.jsonl import read_jsonl
 from turing.tools.errors import TuringError
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,458 @@
+"""Read a dataset file into records, each with the physical line it starts on.
+
+Handles the containers people actually have: JSON lines, a JSON array, records nested inside a
+JSON object, and CSV/TSV with a sniffed delimiter and quoted multi-line cells. Text must be UTF-8
+(a byte order mark is allowed); any other encoding is named in the error instead of being read
+as mojibake. A broken record is reported with its line and reading goes on with the next one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turing.tools.datasets.problems import Problem, define
+from turing.tools.errors import InvalidInputError
+
+CONTAINERS = ("auto", "jsonl", "json", "csv")
+CSV_DELIMITERS = ",\t;|"
+SNIFF_CHARS = 64 * 1024
+
+INVALID_JSON = define(
+    "invalid_json",
+    "error",
+    'make the line one complete JSON value: write a double quote inside a string as \\", '
+    "close every bracket and brace",
+)
+TRAILING_COMMA = define(
+    "trailing_comma", "error", "remove the comma after the record; JSON lines are not separated"
+)
+MULTILINE_RECORD = define(
+    "multiline_record",
+    "error",
+    "put each record on a single line (json.dumps without indent), or make the whole file "
+    "one JSON array",
+)
+NOT_AN_OBJECT = define(
+    "not_an_object", "error", 'make each record a JSON object such as {"messages": [...]}'
+)
+CSV_BAD_QUOTES = define(
+    "csv_bad_quotes",
+    "error",
+    'close the quoted cell; write a double quote inside a quoted cell as two ("")',
+)
+CSV_WRONG_CELL_COUNT = define(
+    "csv_wrong_cell_count",
+    "error",
+    "give the row as many cells as the header; quote cells that contain the delimiter",
+)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of the file: its parsed value and the physical line it starts on (1-based)."""
+
+    line: int
+    value: Any
+
+
+@dataclass
+class ReadResult:
+    """The records of a file, the records that could not be parsed, and how the file is laid out."""
+
+    records: list[Record] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    container: str = "jsonl"
+    encoding: str = "utf-8"
+    records_path: str | None = None
+    delimiter: str | None = None
+    blank_lines: int = 0
+    crlf_lines: int = 0
+    final_newline: bool = True
+    columns: list[str] | None = None
+
+    @property
+    def records_read(self) -> int:
+        """Records found in the file, parsed or not."""
+        return len(self.records) + len(self.problems)
+
+    def layout(self) -> dict[str, Any]:
+        """The file's layout for the dataset report."""
+        return {
+            "container": self.container,
+            "encoding": self.encoding,
+            "records_path": self.records_path,
+            "delimiter": self.delimiter,
+            "columns": self.columns,
+            "blank_lines": self.blank_lines,
+            "crlf_line_endings": self.crlf_lines,
+            "final_newline": self.final_newline,
+        }
+
+
+def read_records(
+    path: Path, data: bytes, *, container: str = "auto", records_path: str | None = None
+) -> ReadResult:
+    """Split a file's bytes into records with their physical line numbers.
+
+    Args:
+        path: The file's path: named in errors; its suffix helps choose the container.
+        data: The file's bytes.
+        container: "jsonl", "json" (one JSON value holding the records), "csv" (or TSV), or
+            "auto" to decide from the suffix and the content.
+        records_path: For "json": a dotted path to the list of records inside the top-level
+            object, e.g. "root.qapair"; found automatically when omitted.
+
+    Raises:
+        InvalidInputError: The file is not UTF-8 text, is empty, or its JSON or CSV structure
+            is broken beyond the record level (a JSON array that does not parse, a CSV file
+            with no header).
+    """
+    text, encoding = decode_text(path, data)
+    if not text.strip():
+        raise InvalidInputError(f"{path} is empty; it needs at least one record")
+
+    chosen = _choose_container(path, text) if container == "auto" else container
+    if chosen == "csv":
+        result = _read_csv(path, text)
+    elif chosen == "json":
+        result = _read_json_document(path, text, records_path)
+    else:
+        result = _read_jsonl(text)
+    result.encoding = encoding
+    result.crlf_lines = text.count("\r\n")
+    result.final_newline = text.endswith("\n")
+    return result
+
+
+# --- bytes to text -------------------------------------------------------------------------
+
+
+def decode_text(path: Path, data: bytes) -> tuple[str, str]:
+    """The file's text and "utf-8" or "utf-8-sig"; any other encoding is an error naming it."""
+    for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32")):
+        if data.startswith(bom):
+            raise _not_utf8(path, name, "its byte order mark")
+    for bom, name in ((b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if data.startswith(bom):
+            raise _not_utf8(path, name, "its byte order mark")
+
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        where = f"byte 0x{data[exc.start]:02x} on line {line}"
+        raise _not_utf8(path, _guess_encoding(data), where) from exc
+
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        name = "UTF-16" if text.count("\x00") * 4 > len(text) else "binary data"
+        raise _not_utf8(path, name, f"NUL bytes from line {line}")
+    return text, "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
+
+
+def _guess_encoding(data: bytes) -> str:
+    try:
+        from charset_normalizer import from_bytes
+    except ImportError:  # an optional dependency of the guess only
+        return "a legacy single-byte encoding such as Windows-1252"
+    best = from_bytes(data[: 1024 * 1024]).best()
+    if best is None:
+        return "binary data or an unknown encoding"
+    return best.encoding.replace("_", "-")
+
+
+def _not_utf8(path: Path, encoding: str, evidence: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"{path} is not UTF-8 text: it looks like {encoding} ({evidence}); save it as UTF-8 "
+        f"(for example `iconv -f {encoding.split()[0]} -t UTF-8`) and try again"
+    )
+
+
+def _choose_container(path: Path, text: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    start = text.lstrip()[:1]
+    if start not in ("{", "["):
+        return "jsonl" if suffix == ".jsonl" else "csv"
+    if start == "[":
+        return "json"  # a JSONL file of arrays is not a dataset shape anyone writes
+    first = text.lstrip().split("\n", 1)[0].strip()
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        # The first line alone is not a record: a pretty-printed document, unless the file is
+        # JSON lines whose first record is broken; only a whole-document parse can tell.
+        return "json" if _parses(text) else "jsonl"
+    return "jsonl"
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
+# --- JSON lines ----------------------------------------------------------------------------
+
+
+def _read_jsonl(text: str) -> ReadResult:
+    result = ReadResult(container="jsonl")
+    starts = _line_starts(text)
+    lines = text.split("\n")  # not splitlines: U+2028 may sit inside a JSON string
+    if lines[-1] == "":
+        lines.pop()  # a final newline ends the last line and opens none
+
+    number = 0
+    while number < len(lines):
+        line = lines[number].removesuffix("\r")
+        number += 1
+        if not line.strip():
+            result.blank_lines += 1
+            continue
+        try:
+            result.records.append(Record(number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            problem, consumed = _diagnose_line(text, starts, number, line, exc)
+            result.problems.append(problem)
+            number += consumed
+    return result
+
+
+def _diagnose_line(
+    text: str, starts: list[int], number: int, line: str, exc: json.JSONDecodeError
+) -> tuple[Problem, int]:
+    """The problem of a JSON line that does not parse, and how many more lines it spans."""
+    stripped = line.rstrip()
+    if stripped.endswith(","):
+        try:
+            json.loads(stripped[:-1])
+        except json.JSONDecodeError:
+            pass
+        else:
+            return TRAILING_COMMA.at(number, "$", "the line ends with a comma after the record"), 0
+
+    if stripped.lstrip()[:1] in ("{", "[") and exc.pos >= len(stripped):
+        try:
+            _, end = json.JSONDecoder().raw_decode(text, starts[number - 1] + _indent(line))
+        except json.JSONDecodeError:
+            pass
+        else:
+            last = bisect.bisect_right(starts, end - 1)
+            message = f"one record is spread over lines {number}-{last}"
+            return MULTILINE_RECORD.at(number, "$", message), last - number
+
+    message = f"not valid JSON: {exc.msg} at column {exc.colno}"
+    return INVALID_JSON.at(number, "$", message), 0
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _line_starts(text: str) -> list[int]:
+    starts = [0]
+    position = text.find("\n")
+    while position >= 0:
+        starts.append(position + 1)
+        position = text.find("\n", position + 1)
+    return starts
+
+
+# --- one JSON document ---------------------------------------------------------------------
+
+
+def _read_json_document(path: Path, text: str, records_path: str | None) -> ReadResult:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
+            "a JSON file must be one array of records (or an object holding one), and JSON "
+            "lines need a .jsonl name"
+        ) from exc
+
+    keys = _records_keys(path, document, records_path)
+    starts = _line_starts(text)
+    position = _position_of(text, keys)
+    result = ReadResult(container="json", records_path=_format_path(keys) if keys else None)
+    for offset, value in _array_elements(text, position):
+        result.records.append(Record(bisect.bisect_right(starts, offset), value))
+    return result
+
+
+RECORD_KEYS = ("messages", "conversations", "instruction", "prompt", "text")
+
+
+def _records_keys(path: Path, document: Any, records_path: str | None) -> list[str]:
+    """The keys leading from the document to its list of records."""
+    if records_path:
+        keys = [key for key in records_path.strip().removeprefix("$").split(".") if key]
+        found = _follow(document, keys)
+        if not isinstance(found, list):
+            raise InvalidInputError(
+                f"{path}: records_path {records_path!r} does not lead to a list of records; "
+                f"the top-level keys are: {_key_list(document)}"
+            )
+        return keys
+
+    if isinstance(document, list):
+        return []
+    if isinstance(document, dict):
+        if any(key in document for key in RECORD_KEYS):
+            raise InvalidInputError(
+                f"{path} holds a single record spread over several lines; put one record per "
+                "line (JSON lines) or wrap the records in one JSON array"
+            )
+        found = _largest_record_list(document)
+        if found is not None:
+            return found
+    raise InvalidInputError(
+        f"{path}: no list of records found; the top-level keys are: {_key_list(document)}; "
+        "pass records_path to say where the records are"
+    )
+
+
+def _follow(document: Any, keys: list[str]) -> Any:
+    for key in keys:
+        if not isinstance(document, dict) or key not in document:
+            return None
+        document = document[key]
+    return document
+
+
+def _largest_record_list(document: dict[str, Any], depth: int = 4) -> list[str] | None:
+    """Keys of the longest list of objects nested inside `document`, searched a few levels down."""
+    found = _record_lists(document, [], depth)
+    return max(found, key=lambda item: item[0])[1] if found else None
+
+
+def _record_lists(
+    document: dict[str, Any], keys: list[str], depth: int
+) -> list[tuple[int, list[str]]]:
+    found = []
+    for key, value in document.items():
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            found.append((len(value), [*keys, key]))
+        elif isinstance(value, dict) and depth > 1:
+            found += _record_lists(value, [*keys, key], depth - 1)
+    return found
+
+
+def _key_list(document: Any) -> str:
+    if isinstance(document, dict):
+        return ", ".join(repr(key) for key in list(document)[:20]) or "(none)"
+    return f"(none: the document is a {type(document).__name__})"
+
+
+def _format_path(keys: list[str]) -> str:
+    return "$." + ".".join(keys)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _position_of(text: str, keys: list[str]) -> int:
+    """The offset where the value at `keys` starts in a document already known to parse."""
+    position = _skip_space(text, 0)
+    for key in keys:
+        position = _skip_space(text, position + 1)  # past "{" or ","
+        while True:
+            name, position = _DECODER.raw_decode(text, position)
+            position = _skip_space(text, _skip_space(text, position) + 1)  # past ":"
+            if name == key:
+                break
+            _, position = _DECODER.raw_decode(text, position)
+            position = _skip_space(text, _skip_space(text, position) + 1)  # past ","
+    return position
+
+
+def _array_elements(text: str, position: int) -> Iterator[tuple[int, Any]]:
+    """(offset, value) of each element of the JSON array starting at `position`."""
+    position = _skip_space(text, position + 1)  # past "["
+    while text[position] != "]":
+        value, end = _DECODER.raw_decode(text, position)
+        yield position, value
+        position = _skip_space(text, end)
+        if text[position] == ",":
+            position = _skip_space(text, position + 1)
+
+
+# --- CSV -----------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, text: str) -> ReadResult:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else sniff_delimiter(text)
+    result = ReadResult(container="csv", delimiter=delimiter)
+    lines = io.StringIO(text, newline="")
+    # strict: an unclosed quote is an error instead of one cell swallowing the rest of the file
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+
+    header = _read_header(path, reader)
+    result.columns = header
+    start = reader.line_num + 1
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            message = f"the quoting breaks from here: {exc}; reading stopped"
+            result.problems.append(CSV_BAD_QUOTES.at(start, "$", message))
+            break
+        _add_csv_row(result, start, header, cells)
+        start = reader.line_num + 1
+    return result
+
+
+def _read_header(path: Path, reader: Any) -> list[str]:
+    try:
+        header = [name.strip() for name in next(reader, [])]
+    except csv.Error as exc:
+        raise InvalidInputError(f"{path}: the header row cannot be read: {exc}") from exc
+    if not any(header):
+        raise InvalidInputError(f"{path} has no header row; a CSV file starts with column names")
+    return header
+
+
+def _add_csv_row(result: ReadResult, line: int, header: list[str], cells: list[str]) -> None:
+    if not any(cell.strip() for cell in cells):
+        result.blank_lines += 1
+        return
+    if len(cells) > len(header) and any(cell.strip() for cell in cells[len(header) :]):
+        message = f"has {len(cells)} cells but the header has {len(header)}"
+        result.problems.append(CSV_WRONG_CELL_COUNT.at(line, "$", message))
+        return
+    result.records.append(Record(line, dict(zip(header, cells, strict=False))))
+
+
+def sniff_delimiter(text: str) -> str:
+    """The delimiter of a CSV text: the only one in its header, else the csv sniffer's choice."""
+    header = text.split("\n", 1)[0]
+    in_header = [delimiter for delimiter in CSV_DELIMITERS if delimiter in header]
+    if len(in_header) == 1:
+        return in_header[0]
+    # Free text in data rows is full of commas and semicolons, so the header decides when it can.
+    sample = text[:SNIFF_CHARS]
+    if len(text) > SNIFF_CHARS:
+        sample = sample[: sample.rfind("\n") + 1] or sample
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS).delimiter
+    except csv.Error:
+        counts = {delimiter: header.count(delimiter) for delimiter in CSV_DELIMITERS}
+        return max(counts, key=lambda delimiter: counts[delimiter]) if any(counts.values()) else ","
