@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import statistics
+import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -243,7 +244,6 @@ class _Row:
     group: int = 0  # rows of one prompt group stay on one side of the split
     label: str | None = None
     lengths: TokenLengths | None = None
-    flags: list[str] = field(default_factory=list)
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -292,30 +292,38 @@ def prepare_dataset(
     """
     options = options or PrepareOptions()
     path = Path(path)
+    clock = _Stopwatch()
     data = _read_bytes(path)
     sha256 = hashlib.sha256(data).hexdigest()
     read = read_records(path, data, container=options.container, records_path=options.records_path)
     work = _Pass(options, read, _choose_format(path, read, options), problems=list(read.problems))
+    clock.lap("read")
 
     # Records to conversations
     _normalise_records(work)
     _normalise_whitespace(work)
     _add_system_prompts(work)
     labels = _detect_labels(work)
+    clock.lap("normalise")
 
     # Screens, duplicates and lengths
     _screen_pii(work)
     _screen_harm(work)
+    clock.lap("screen")
     _remove_duplicates(work)
+    clock.lap("deduplicate")
     if counter is not None:
         _measure_tokens(work, counter)
+        clock.lap("tokenise")
     _enforce_policy(path, work)
 
     # Split and report
     kept = work.live()
     train, validation = _split(kept, labels, options.validation_fraction, options.seed)
     work.problems.sort(key=lambda problem: (problem.line or 0, problem.path))
+    clock.lap("split")
     report = _build_report(path, sha256, work, labels, train, validation, counter)
+    report["seconds"] = clock.laps
     logger.info(
         "prepared %s (sha256 %s): %d train, %d validation, %d records dropped",
         path,
@@ -331,6 +339,19 @@ def prepare_dataset(
         report=report,
         source_sha256=sha256,
     )
+
+
+class _Stopwatch:
+    """Seconds spent in each stage, for the report."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -448,28 +469,55 @@ def _add_label_prompt(rows: list[_Row], labels: list[str]) -> None:
 
 def _screen_pii(work: _Pass) -> None:
     policy = work.options.pii
+    done = {"redact": "redacted", "drop": "row dropped", "keep": "kept"}[policy]
+    clean: set[str] = set()  # texts already screened and found clean: system prompts, labels
     for row in work.live():
         found: Counter[str] = Counter()
         for index, message in enumerate(row.messages):
-            content = message.get("content")
-            if not isinstance(content, str):
-                continue
-            matches = pii.find_pii(content)
-            if not matches:
-                continue
-            found.update(match.type for match in matches)
-            if policy == "redact":
-                message["content"] = pii.redact_pii(content, matches)
-            kinds = ", ".join(sorted({match.type for match in matches}))
-            done = {"redact": "redacted", "drop": "row dropped", "keep": "kept"}[policy]
-            work.problems.append(
-                PII_FOUND.at(row.line, f"$.messages[{index}].content", f"{kinds} ({done})")
-            )
+            kinds = _screen_message(message, policy == "redact", clean)
+            if kinds:
+                found.update(kinds)
+                listed = ", ".join(sorted(set(kinds)))
+                path = f"$.messages[{index}]"
+                work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})"))
         if found:
             work.pii_counts.update(found)
-            row.flags += [f"pii:{kind}" for kind in sorted(found)]
             if policy == "drop":
                 work.drop(row, "pii")
+
+
+def _screen_message(message: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
+    """The kinds of personal data in a message's text and tool call arguments, redacted."""
+    kinds: list[str] = []
+
+    def screen(text: str) -> str:
+        if text in clean:
+            return text
+        matches = pii.find_pii(text)
+        if not matches:
+            clean.add(text)
+        kinds.extend(match.type for match in matches)
+        return pii.redact_pii(text, matches) if redact and matches else text
+
+    if isinstance(message.get("content"), str):
+        message["content"] = screen(message["content"])
+    for call in message.get("tool_calls") or ():
+        function = call["function"]
+        arguments = json.loads(function["arguments"])  # checked to be JSON when normalised
+        screened = _map_strings(arguments, screen)
+        if redact and screened != arguments:
+            function["arguments"] = json.dumps(screened, ensure_ascii=False)
+    return kinds
+
+
+def _map_strings(value: Any, change: Any) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, list):
+        return [_map_strings(item, change) for item in value]
+    if isinstance(value, dict):
+        return {key: _map_strings(item, change) for key, item in value.items()}
+    return value
 
 
 def _screen_harm(work: _Pass) -> None:
@@ -485,7 +533,6 @@ def _screen_harm(work: _Pass) -> None:
         if not categories:
             continue
         work.harm_counts.update(categories)
-        row.flags += [f"harm:{category}" for category in categories]
         action = "row dropped" if work.options.harmful == "drop" else "flagged"
         message = f"asks for harmful content: {', '.join(categories)} ({action})"
         work.problems.append(HARMFUL_REQUEST.at(row.line, "$.messages", message))
@@ -505,47 +552,67 @@ def _remove_duplicates(work: _Pass) -> None:
     rows = work.live()
     threshold = work.options.near_duplicate_threshold
     groups = cleaning.find_near_duplicates([_prompt_text(row) for row in rows], threshold)
+    # System prompts and labels repeat across rows: normalise each distinct text once.
+    keys: dict[str, str] = {}
     first_of: dict[tuple[int, str], _Row] = {}
-    exact_seen: set[str] = set()
+    exact_seen: set[tuple[Any, ...]] = set()
     answers_in_group: dict[int, dict[str, int]] = defaultdict(dict)
 
     for row, group in zip(rows, groups, strict=True):
         row.group = group
-        exact = json.dumps(row.conversation, ensure_ascii=False, sort_keys=True)
+        key = (group, _copy_key(row, keys))
+        exact = _exact_key(row)
         if exact in exact_seen:
-            first = first_of[(group, _copy_key(row))]
+            first = first_of[key]
             work.problems.append(EXACT_DUPLICATE.at(row.line, "$", f"copy of line {first.line}"))
             work.drop(row, "duplicate")
             continue
         exact_seen.add(exact)
 
-        key = (group, _copy_key(row))
         if key in first_of and work.options.near_duplicates == "drop":
-            first = first_of[key]
-            message = f"near copy of line {first.line}"
+            message = f"near copy of line {first_of[key].line}"
             work.problems.append(NEAR_DUPLICATE.at(row.line, "$", message))
             work.drop(row, "near_duplicate")
             continue
         first_of.setdefault(key, row)
-        answers_in_group[group].setdefault(_copy_key(row), row.line)
+        answers_in_group[group].setdefault(key[1], row.line)
 
     _report_conflicts(work, answers_in_group)
 
 
-def _prompt_text(row: _Row) -> str:
-    # The system prompt is left out: one shared instruction would make every row look alike.
-    return "\n".join(
-        str(message.get("content") or "")
-        for message in row.messages[:-1]
-        if message["role"] != "system"
+def _exact_key(row: _Row) -> tuple[Any, ...]:
+    tools = row.conversation.get("tools")
+    return (
+        json.dumps(tools, sort_keys=True) if tools else None,
+        *(
+            (m["role"], m.get("content"), json.dumps(m["tool_calls"]) if "tool_calls" in m else "")
+            for m in row.messages
+        ),
     )
 
 
-def _copy_key(row: _Row) -> str:
-    system = row.messages[0]["content"] if row.messages[0]["role"] == "system" else ""
-    answer = row.messages[-1]
-    calls = json.dumps(answer.get("tool_calls"), sort_keys=True) if "tool_calls" in answer else ""
-    return cleaning.dedup_key(system) + "\0" + cleaning.dedup_key(_answer(row)) + "\0" + calls
+def _prompt_text(row: _Row) -> str:
+    # What the user side says; the system prompt is left out, as one shared instruction would
+    # make every row look alike, and so are the answers, which are what may conflict.
+    return "\n".join(
+        str(message.get("content") or "")
+        for message in row.messages
+        if message["role"] in ("user", "tool")
+    )
+
+
+def _copy_key(row: _Row, keys: dict[str, str]) -> str:
+    """The system text and every answer, normalised: equal keys in one group are copies."""
+    parts = [row.messages[0]["content"] if row.messages[0]["role"] == "system" else ""]
+    for message in row.messages:
+        if message["role"] == "assistant":
+            parts.append(str(message.get("content") or ""))
+            if message.get("tool_calls"):
+                parts.append(json.dumps(message["tool_calls"], sort_keys=True))
+    for part in parts:
+        if part not in keys:
+            keys[part] = cleaning.dedup_key(part)
+    return "\0".join(keys[part] for part in parts)
 
 
 def _report_conflicts(work: _Pass, answers_in_group: dict[int, dict[str, int]]) -> None:

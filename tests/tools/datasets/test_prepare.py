@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,15 @@ def write(folder: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
+def distinct_prompt(seed: str) -> str:
+    """A prompt of four pseudo-random words: unlike any other, so never a near duplicate."""
+    digest = hashlib.sha256(seed.encode()).hexdigest()
+    return " ".join(digest[start : start + 7] for start in range(0, 28, 7))
+
+
 def labelled_rows(per_label: int, labels: tuple[str, ...] = ("yes", "no", "maybe")) -> list[Any]:
     return [
-        chat(f"case number {i} of the kind {label} with details {i * 7919}", label)
-        for label in labels
-        for i in range(per_label)
+        chat(distinct_prompt(f"{label}{i}"), label) for label in labels for i in range(per_label)
     ]
 
 
@@ -241,7 +246,7 @@ CHAT_FAULTS = [
                 {"role": "assistant", "content": "yo"},
             ]
         },
-        "unknown_key",
+        "unknown_message_key",
     ),
     (
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
@@ -537,23 +542,35 @@ def test_the_shipped_sample_loads_with_no_problems_and_eight_balanced_labels() -
     prepared = prepare(SAMPLE)
 
     labels = prepared.report["labels"]
-    assert prepared.problems == [] and prepared.report["rows"]["dropped"] == {}
+    assert prepared.report["rows"]["dropped"] == {}
+    # One ticket asks to send invoices to an address: the only finding, and it is redacted.
+    assert [(p.code, p.line) for p in prepared.problems] == [("pii_found", 216)]
     assert set(labels["train"]) == SAMPLE_LABELS == set(labels["validation"])
     assert min(labels["train"].values()) >= 0.8 * max(labels["train"].values())
 
 
 SHARED_FILES = [
     # (file, options, rows kept at least, codes that must be reported)
-    ("banking77/train.csv", {"columns": {"user": "text", "assistant": "category"}}, 9_900, set()),
+    (
+        "banking77/train.csv",
+        {"columns": {"user": "text", "assistant": "category"}},
+        9_600,
+        {"duplicate", "near_duplicate"},
+    ),
     ("alpaca/identity.json", {}, 80, set()),
-    ("sharegpt/dummy_conversation.json", {"on_error": "skip"}, 500, set()),
-    ("sharegpt/glaive_toolcall_en_demo.json", {}, 290, set()),
+    ("sharegpt/dummy_conversation.json", {}, 400, {"near_duplicate", "conflicting_answers"}),
+    (
+        "sharegpt/glaive_toolcall_en_demo.json",
+        {"on_error": "skip"},
+        250,
+        {"prompt_exceeds_max_seq_len", "answer_truncated"},
+    ),
     ("openai_chat_ft/toy_chat_fine_tuning.jsonl", {"on_error": "skip"}, 3, {"no_user_turn"}),
     (
         "stackfaq/stackExchange-FAQ.json",
-        {"columns": {"user": "question", "assistant": "answer[0]"}},
+        {"columns": {"user": "question", "assistant": "answer[0]"}, "on_error": "skip"},
         120,
-        set(),
+        {"missing_column"},
     ),
 ]
 
