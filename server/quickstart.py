@@ -59,7 +59,11 @@ class Session:
 
 def server_parameters(home: str | None = None, log_level: str = "INFO") -> StdioServerParameters:
     """How to launch `turing serve` with this interpreter and workspace."""
-    env = {key: os.environ[key] for key in ("TURING_HOME", "OMP_NUM_THREADS") if key in os.environ}
+    env = {
+        key: os.environ[key]
+        for key in ("TURING_HOME", "TURING_CACHE", "OMP_NUM_THREADS")
+        if key in os.environ
+    }
     if home:
         env["TURING_HOME"] = home
     return StdioServerParameters(

@@ -29,6 +29,14 @@ def shared_data() -> Path:
     return found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tokenizer cache for every server the tests start, kept out of the user's cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["TURING_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

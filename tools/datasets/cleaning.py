@@ -32,7 +32,7 @@ _REJECT_SIGMAS = 4.0
 # Work in blocks of keys small enough for their temporaries to stay in the CPU cache and be
 # reused, instead of touching fresh memory for whole-dataset temporaries.
 _HASH_BLOCK = 4096
-_SIGNATURE_BLOCK = 256
+_SIGNATURE_SHINGLES = 16_384
 _PAIR_BLOCK = 65_536
 # Keys paired with each key before it in a band bucket, and candidate pairs per round of checks.
 _BUCKET_WINDOW = 16
@@ -304,25 +304,29 @@ def _hash31(values: np.ndarray) -> np.ndarray:
 
 
 def _signatures(hashes: np.ndarray, starts: np.ndarray, seed: int) -> np.ndarray:
-    """The MinHash signature of every key, one row of _NUM_PERMUTATIONS uint32 values per key."""
+    """The MinHash signature of every key, one row of _NUM_PERMUTATIONS uint32 values per key.
+
+    Shingles are permuted in fixed-size chunks, so memory stays bounded even for a huge key; a
+    key cut by a chunk boundary takes the minimum of its parts.
+    """
     rng = np.random.default_rng(seed)
     multipliers = rng.integers(0, 2**32, _NUM_PERMUTATIONS, dtype=np.uint64).astype(np.uint32) | 1
     offsets = rng.integers(0, 2**32, _NUM_PERMUTATIONS, dtype=np.uint64).astype(np.uint32)
 
-    count = len(starts) - 1
-    signatures = np.empty((count, _NUM_PERMUTATIONS), dtype=np.uint32)
-    firsts = np.arange(0, count, _SIGNATURE_BLOCK)
-    lasts = np.minimum(firsts + _SIGNATURE_BLOCK, count)
-    widest = int(np.max(starts[lasts] - starts[firsts]))
-    scratch = np.empty(_NUM_PERMUTATIONS * widest, dtype=np.uint32)
-    for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
-        block = hashes[starts[first] : starts[last]]
+    signatures = np.full((len(starts) - 1, _NUM_PERMUTATIONS), 0xFFFFFFFF, dtype=np.uint32)
+    scratch = np.empty(_NUM_PERMUTATIONS * _SIGNATURE_SHINGLES, dtype=np.uint32)
+    for low in range(0, len(hashes), _SIGNATURE_SHINGLES):
+        chunk = hashes[low : low + _SIGNATURE_SHINGLES]
+        first = int(np.searchsorted(starts, low, side="right")) - 1
+        last = int(np.searchsorted(starts, low + len(chunk), side="left"))
         # One row per permutation keeps each multiply a long contiguous vector operation.
-        permuted = scratch[: _NUM_PERMUTATIONS * len(block)].reshape(_NUM_PERMUTATIONS, -1)
-        np.multiply(block[None, :], multipliers[:, None], out=permuted)
+        permuted = scratch[: _NUM_PERMUTATIONS * len(chunk)].reshape(_NUM_PERMUTATIONS, -1)
+        np.multiply(chunk[None, :], multipliers[:, None], out=permuted)
         permuted += offsets[:, None]
-        bounds = starts[first:last] - starts[first]
-        signatures[first:last] = np.minimum.reduceat(permuted, bounds, axis=1).T
+
+        bounds = np.maximum(starts[first:last] - low, 0)
+        lowest = np.minimum.reduceat(permuted, bounds, axis=1).T
+        np.minimum(signatures[first:last], lowest, out=signatures[first:last])
     return signatures
 
 
@@ -405,16 +409,33 @@ def _join_verified(
 ) -> np.ndarray:
     """Each key's cluster root after joining the pairs whose exact Jaccard reaches the threshold.
 
-    Pairs are checked in rounds, most similar first; a pair whose keys an earlier round already
-    put in one cluster is skipped, which spares most checks inside large clusters.
+    The first round checks each key's most similar candidate only, which links most clusters
+    with about one check per key. Later rounds take the other pairs, most similar first, and
+    skip a pair whose keys are already in one cluster.
     """
-    roots = np.arange(count)
+    best = _best_pair_of_each_key(pairs)
+    rest = np.ones(len(pairs), dtype=bool)
+    rest[best] = False
+
+    roots = _merge_clusters(np.arange(count), _verified(pairs[best], hashes, starts, threshold))
+    pairs = pairs[rest]
     for first in range(0, len(pairs), _ROUND_PAIRS):
         block = pairs[first : first + _ROUND_PAIRS]
         block = block[roots[block[:, 0]] != roots[block[:, 1]]]
-        joined = block[_exact_jaccard(block, hashes, starts) >= threshold]
-        roots = _merge_clusters(roots, joined)
+        roots = _merge_clusters(roots, _verified(block, hashes, starts, threshold))
     return roots
+
+
+def _best_pair_of_each_key(pairs: np.ndarray) -> np.ndarray:
+    """Indexes of the pairs that are the first, so most similar, pair of either of their keys."""
+    _, first_place = np.unique(pairs.ravel(), return_index=True)
+    return np.unique(first_place // 2)
+
+
+def _verified(
+    pairs: np.ndarray, hashes: np.ndarray, starts: np.ndarray, threshold: float
+) -> np.ndarray:
+    return pairs[_exact_jaccard(pairs, hashes, starts) >= threshold]
 
 
 def _exact_jaccard(pairs: np.ndarray, hashes: np.ndarray, starts: np.ndarray) -> np.ndarray:

@@ -8,18 +8,24 @@ getting caught). Verbs are matched in their base, -s and -ing forms only: "how d
 "a script that steals", "stealing", never "my card was stolen", so reports of harm suffered
 are not requests for harm. Rules are written over word classes, never over benchmark sentences.
 
-It is a screen, not a classifier: it favours clear requests and misses paraphrases. Three
+It is a screen, not a classifier: it favours clear requests and misses paraphrases. Four
 exemptions keep look-alike safe prompts out:
 
 - definitions ("What does 'eliminating a person' mean?"),
 - questions about what others did or do ("How did they rob the casino in Ocean's 11?"),
-- fiction, games and sport for the violence, weapons, crime, fraud and cyberattack categories
-  ("... in my novel", "... in a chess game", "... for a TV show").
+- fiction, games and sport, for the violence, weapons, crime, fraud and cyberattack categories
+  ("... in my novel", "... in a chess game", "... for a TV show"),
+- how bad actors operate, for the cyberattack, fraud, crime, privacy and harassment categories
+  ("How do scammers target the elderly?").
 
-Objects the writer owns ("hack into my account", "steal money from me") are not targets.
+Objects the writer owns ("hack into my account", "steal money from me") are not targets, and
+defensive work is not the attack ("a fake-news classifier", "malware detection").
 
-Speed: the text is lowered and split into words once (bytes operations in C); a category's
-patterns run only when one of its anchor words is among them, so most text costs one set test.
+Speed: the text is lowered and split into words once (bytes operations in C). Every rule names
+the words it cannot match without (its anchors); a rule runs only when one of them is among
+the words, so most text costs one set intersection. Patterns open with literal letters (word
+classes are prefix trees whose word boundary is checked after the first letter), which the
+regex engine scans for in a tight loop.
 
 Categories:
 
@@ -123,7 +129,7 @@ class _Words:
     def __init__(self, spec: str, *, anchor: bool = True, guard: str = "") -> None:
         self.words = _expand(spec)
         self.anchor = anchor
-        self.pattern = rf"\b{_trie(self.words)}\b{_NOT_COMPOUND}{guard}"
+        self.pattern = rf"{_trie(self.words)}\b{_NOT_COMPOUND}{guard}"
 
     def __str__(self) -> str:
         return self.pattern
@@ -134,36 +140,61 @@ class _Words:
 
 
 _Tree = dict[str, "_Tree"]
+# A word starts here: checked just after its first letter is read, so that a pattern opens with
+# literal letters, which the regex engine scans for in a tight loop (a leading \b makes it try
+# every position). Equivalent to \b before a letter.
+_WORD_START = r"(?<!\w.)"
+# A regex unit of a word: a separator, an escaped character or a character.
+_UNIT = re.compile(r"\\W\+|\[\\s-\]\+|\\.|.")
 
 
 def _trie(words: Iterable[str]) -> str:
-    """An alternation of words as a prefix tree, "(?:kill(?:s|ing)?|murder...)".
+    r"""Words as a prefix tree opening each at a word start: "k(?<!\w.)ill(?:s|ing)?|...".
 
     The regex engine tries the branches of an alternation one by one at each position; a
     tree has one branch per first letter instead of one per word, so a class of 200 words costs
-    about what a class of 20 does. The word boundary after the group keeps the longest match
-    a word (`kill` cannot match the start of `killing` and then end inside it).
+    about what a class of 20 does. Spaces in phrases match spaces or hyphens.
     """
+    return _trie_of([_UNIT.findall(re.escape(word).replace(r"\ ", r"[\s-]+")) for word in words])
+
+
+def _trie_of(sequences: Iterable[list[str]]) -> str:
+    """A prefix tree over sequences of regex units (an escaped character or a separator)."""
     tree: _Tree = {}
-    for word in words:
+    for units in sequences:
         node = tree
-        for char in word:
-            node = node.setdefault(char, {})
+        for unit in units:
+            node = node.setdefault(unit, {})
         node[""] = {}
-    return _trie_pattern(tree)
+    return _trie_pattern(tree, top=True)
 
 
-def _trie_pattern(node: _Tree) -> str:
+def _trie_pattern(node: _Tree, *, top: bool = False) -> str:
     ends = "" in node
     branches = [
-        (r"[\s-]+" if char == " " else re.escape(char)) + _trie_pattern(child)
-        for char, child in sorted(node.items())
-        if char
+        unit + (_WORD_START if top else "") + _trie_pattern(child)
+        for unit, child in sorted(node.items())
+        if unit
     ]
     if not branches:
         return ""
     body = branches[0] if len(branches) == 1 and not ends else "(?:" + "|".join(branches) + ")"
     return body + "?" if ends else body
+
+
+# A rule opening with a plain alternation of words, "\b(?:kill|kills|tamper\W+with)".
+_LEADING_WORDS = re.compile(r"\\b\(\?:((?:[a-z'-]|\\W\+|\|)+)\)")
+
+
+def _fast(pattern: str) -> str:
+    """The pattern with a leading alternation of words rewritten as a word-start trie."""
+    leading = _LEADING_WORDS.match(pattern)
+    if leading is None:
+        if re.match(r"\\b[a-z]", pattern) and "|" not in pattern:
+            return pattern[2] + _WORD_START + pattern[3:]  # "\bthreat..." -> "t(?<!\w.)hreat..."
+        return pattern
+    alternatives = leading.group(1).split("|")
+    return _trie_of(_UNIT.findall(word) for word in alternatives) + pattern[leading.end() :]
 
 
 def _expand(spec: str) -> list[str]:
@@ -201,22 +232,28 @@ def _det(count: int = 2) -> str:
 
 # ------------------------------------------------------------------------------ word classes
 
-_Rule = tuple[frozenset[str], str]
+# (anchors, also, pattern): a match contains one of `anchors` and, when `also` is not empty,
+# one of `also` as well.
+_Rule = tuple[frozenset[str], frozenset[str], str]
 
 
-def _rule(anchors: _Words | str | set[str], pattern: str) -> _Rule:
+def _rule(anchors: _Words | str | set[str], pattern: str, *, also: set[str] | None = None) -> _Rule:
     """A pattern and the words it cannot match without (one of them is in every match).
 
-    `anchors` is the anchor class the pattern is built on, or single words (a spec or a set).
+    `anchors` is the anchor class the pattern is built on, or single words (a spec or a set);
+    `also` names a second set of words every match contains, for patterns whose anchors alone
+    are common words.
     """
     if isinstance(anchors, _Words):
         if not anchors.anchor:
             raise ValueError("a rule is anchored on an anchor class")
-        return frozenset(anchors.anchors()), pattern
-    words = _expand(anchors) if isinstance(anchors, str) else sorted(anchors)
-    if not all(re.fullmatch(r"[a-z]+", word) for word in words):
-        raise ValueError(f"anchors are single lower-case words: {anchors!r}")
-    return frozenset(words), pattern
+        words = sorted(anchors.anchors())
+    else:
+        words = _expand(anchors) if isinstance(anchors, str) else sorted(anchors)
+    for word in [*words, *(also or ())]:
+        if not re.fullmatch(r"[a-z]+", word):
+            raise ValueError(f"an anchor is a single lower-case word: {word!r}")
+    return frozenset(words), frozenset(also or ()), _fast(pattern)
 
 
 # Requests: verbs that ask for something to be made, got or used (not anchors).
@@ -702,8 +739,9 @@ _FRAUD = [
         rf"harvesting|phish|phishing)\W+(?!{_MINE})(?:[\w'-]+\W+){{0,3}}?{_PRIVATE_DATA}",
     ),
     _rule(
-        _OTHERS_ANCHORS | {"stolen"},
-        r"\b(?:take|taking|use|using|uses|obtain|obtaining|get|getting|acquire|acquiring|buy|"
+        _PRIVATE_DATA,
+        also=_OTHERS_ANCHORS | {"stolen"},
+        pattern=r"\b(?:take|taking|use|using|uses|obtain|obtaining|get|getting|acquire|acquiring|buy|"
         r"buying|sell|selling|find|finding|access|accessing|collect|collecting)\W+"
         rf"(?:[\w'-]+\W+){{0,2}}?(?:{_OTHERS}|stolen)\W+(?:[\w']+\W+){{0,2}}?{_PRIVATE_DATA}",
     ),
@@ -1060,7 +1098,8 @@ _HATE = [
     ),
     _rule(
         "inferior subhuman sub human animals vermin parasites genetically intelligent",
-        rf"{_GROUP}\W+(?:[\w']+\W+){{0,2}}?(?:are|is|being|as)\W+(?:[\w']+\W+)?(?:inferior|subhuman|"
+        also=_GROUP_ANCHORS,
+        pattern=rf"{_GROUP}\W+(?:[\w']+\W+){{0,2}}?(?:are|is|being|as)\W+(?:[\w']+\W+)?(?:inferior|subhuman|"
         r"sub-human|less\W+human|animals|vermin|parasites|genetically\W+inferior|"
         r"less\W+intelligent)\b",
     ),
@@ -1264,8 +1303,9 @@ _PRIVACY = [
         r"daughter|teen|teenager|house|home|property|pets?|dog|cat|baby))",
     ),
     _rule(
-        _OTHERS_ANCHORS - {"his", "her", "their"},
-        r"\b(?:track|tracks|tracking|trace|tracing|locate|locating|monitor|monitoring|follow|"
+        _PRIVATE_THING,
+        also=_OTHERS_ANCHORS - {"his", "her", "their"},
+        pattern=r"\b(?:track|tracks|tracking|trace|tracing|locate|locating|monitor|monitoring|follow|"
         r"following|read|reading|access|accessing|intercept|intercepting|tap|tapping|record|"
         r"recording|find|finding|get|getting|see|look\W+up|what\W+is|what\W+are|what's)\W+"
         rf"(?:into\W+)?{_OTHERS_POSSESSIVE}\W+(?:[\w']+\W+)?{_PRIVATE_THING}",
@@ -1364,7 +1404,7 @@ _DEFINITION = re.compile(
 )
 # Questions about what others did or do: "How did they rob the casino?", "Why did X kill ...?"
 _NARRATIVE = re.compile(
-    r"^\W*(?:how|why|when|where|what|who|which)\b[^.?!]*?\b(?:did|does|was|were|had)\W+"
+    r"^\W*(?:how|why|when|where|what|who|which)\W+(?:[\w']+\W+){0,2}?(?:did|does|was|were|had)\W+"
     r"(?!(?:i|we|you|one|u|someone|somebody|anyone|a\W+person|people)\b)"
 )
 # How bad actors operate, asked to defend against them: "How do scammers target the elderly?"
@@ -1382,7 +1422,7 @@ _FICTION = re.compile(
     r"screenplays?|fiction|comics?|manga|anime|rpgs?|mmos?|d&d|dnd|role-?play|simulations?|"
     r"chess|checkers|poker|boxing|judo|karate|wrestling|fencing|paintball|laser\W+tag|airsoft|"
     r"shooting\W+range|sparring|martial\W+arts|football|soccer|basketball|baseball|hockey|"
-    r"rugby|mma|ufc|sims?|fortnite|minecraft|dungeons)\b"
+    r"rugby|mma|ufc)\b"
     r"|\b(?:my|a|the|his|her|their)\W+(?:main\W+)?character(?:'s)?\b|\bcharacter's\b"
     r"|\b(?:scene|chapter|story|novel|screenplay|episode|plot)\W+(?:where|in\W+which|about)\b"
     r"|\bi'?m\W+writing\b|\bi\W+am\W+writing\b"
@@ -1393,14 +1433,20 @@ _FICTION = re.compile(
 
 # Every rule on its own, with its category.
 _COMPILED: list[tuple[str, re.Pattern[str]]] = [
-    (category, re.compile(pattern)) for category, rules in _RULES.items() for _, pattern in rules
+    (category, re.compile(pattern)) for category, rules in _RULES.items() for _, _, pattern in rules
 ]
 # Anchor word -> the rules that can only match when the word is in the text.
 _ANCHORS: dict[bytes, tuple[int, ...]] = {}
-for _index, (_words, _) in enumerate(rule for rules in _RULES.values() for rule in rules):
+# Rule -> its second set of words, for the rules that have one.
+_ALSO: dict[int, frozenset[bytes]] = {}
+for _index, (_words, _also, _) in enumerate(rule for rules in _RULES.values() for rule in rules):
     for _word in _words:
         _key = _word.encode()
         _ANCHORS[_key] = (*_ANCHORS.get(_key, ()), _index)
+    if _also:
+        _ALSO[_index] = frozenset(word.encode() for word in _also)
+        for _word in _also:
+            _ANCHORS.setdefault(_word.encode(), ())
 _ANCHOR_SET = frozenset(_ANCHORS)
 # bytes.translate table: ASCII letters lowered, everything else a space.
 _LETTERS = bytes(
@@ -1417,7 +1463,7 @@ def _candidate_rules(lowered: str) -> list[int]:
     rules: set[int] = set()
     for word in hits:
         rules.update(_ANCHORS[word])
-    return sorted(rules)
+    return sorted(rule for rule in rules if rule not in _ALSO or not _ALSO[rule].isdisjoint(hits))
 
 
 def _normalise(text: str) -> str:

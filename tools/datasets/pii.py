@@ -420,8 +420,9 @@ def _secrets(text: str) -> Iterator[_Span]:
 
 
 def _assignments(text: str) -> Iterator[_Span]:
+    taken = 0  # a name inside a value already found is part of that value
     for index in sorted(set(_stem_positions(text))):
-        if not _name_component_starts(text, index):
+        if index < taken or not _name_component_starts(text, index):
             continue
         found = _ASSIGNMENT.match(text, index)
         if found is None:
@@ -432,6 +433,7 @@ def _assignments(text: str) -> Iterator[_Span]:
             while end > start and text[end - 1] in _VALUE_TRAILER:
                 end -= 1
         value = text[start:end]
+        taken = found.end()
         if len(value) >= 8 and _plausible_secret(value, found.group("sep"), quoted):
             yield ("secret", start, end)
 

@@ -57,7 +57,9 @@ def create_dataset(
     options = parse_options(raw)
     source = check_input_file(path, "dataset file")
     model = get_base_model(services, base_model)
-    counter = load_token_counter(Path(model["gguf_path"]), services.workspace.folder("tokenizers"))
+    counter = load_token_counter(
+        Path(model["gguf_path"]), services.workspace.cache_folder("tokenizers")
+    )
     dataset_id = _content_id(_sha256_of(source), options, base_model, counter)
 
     existing = services.registry.find("datasets", dataset_id)

@@ -32,10 +32,10 @@ def start_run(
     Unless given, max_seq_len is the one the dataset's rows were measured against.
     """
     given = dict(hyperparameters or {})
+    params = parse_params(given)
     dataset = services.registry.get("datasets", dataset_id, "dataset")
     if "max_seq_len" not in given and dataset.get("max_seq_len"):
-        given["max_seq_len"] = dataset["max_seq_len"]
-    params = parse_params(given)
+        params = parse_params({**given, "max_seq_len": dataset["max_seq_len"]})
     base = get_base_model(services, base_model)
 
     run_id = "run-" + uuid.uuid4().hex[:10]
