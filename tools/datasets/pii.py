@@ -76,9 +76,11 @@ _PRECHECK = re.compile(
     r"[-0-9@:=_IJx](?:(?<=[0-9@:=_])|(?<=sk-)|(?<=-----)|(?<=AI)za|(?<=A[KS]I)A|(?<=eyJ)|(?<=x)ox)"
 ).search
 
-# Digit detectors only run where digits come close together: every phone, card, IBAN, national
-# id and IPv4 has a run of 6+ characters of digits and separators (1.1.1.1 is the shortest).
+# Digit detectors only run where digits come close together: every phone, card, national id
+# and IPv4 has a run of 6+ characters of digits and separators (1.1.1.1 is the shortest); an
+# IBAN starts with two capitals and two digits.
 _DIGIT_RUN = re.compile(r"\d[\d \-.()/]{4,}\d").search
+_IBAN_START = re.compile(r"[A-Z](?<![A-Za-z0-9][A-Z])[A-Z]\d\d").search
 
 # ---------------------------------------------------------------------------------- email
 
@@ -454,8 +456,9 @@ def _candidates(text: str) -> Iterator[_Span]:
     if "@" in text:
         yield from _emails(text)
     digits = _DIGIT_RUN(text) is not None
-    if digits:
+    if digits or _IBAN_START(text):
         yield from _ibans(text)
+    if digits:
         yield from _cards(text)
         yield from _national_ids(text)
     if digits or ":" in text:

@@ -37,7 +37,7 @@ PII_POLICIES = ("redact", "drop", "keep")
 HARMFUL_POLICIES = ("flag", "drop")
 TRUNCATION_POLICIES = ("flag", "drop")
 MAX_VALIDATION_FRACTION = 0.5
-MAX_SEQ_LEN_RANGE = (16, 131072)
+MAX_SEQ_LEN_RANGE = (16, 32768)  # what training accepts
 # Answers count as class labels up to this many distinct values, each short and on one line.
 MAX_LABELS = 500
 MAX_LABEL_CHARS = 100

@@ -73,10 +73,13 @@ def is_error(problem: Problem) -> bool:
 def group_problems(problems: Iterable[Problem], examples: int) -> dict[str, dict[str, Any]]:
     """Problems grouped by code: severity, count, hint and the first `examples` of each.
 
-    Codes are ordered errors first, then by count, then by name.
+    Codes are ordered errors first, then by the line of their first occurrence.
     """
-    problems = list(problems)
+    problems = sorted(problems, key=lambda problem: (problem.line or 0, problem.path))
     counts = Counter(problem.code for problem in problems)
+    first_line: dict[str, int] = {}
+    for problem in problems:
+        first_line.setdefault(problem.code, problem.line or 0)
     shown: dict[str, list[dict[str, Any]]] = {code: [] for code in counts}
     for problem in problems:
         if len(shown[problem.code]) < examples:
@@ -85,7 +88,7 @@ def group_problems(problems: Iterable[Problem], examples: int) -> dict[str, dict
             )
 
     def order(code: str) -> tuple[int, int, str]:
-        return (0 if CODES[code].severity == "error" else 1, -counts[code], code)
+        return (0 if CODES[code].severity == "error" else 1, first_line[code], code)
 
     return {
         code: {
