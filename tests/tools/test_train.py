@@ -66,6 +66,12 @@ CONVERSATIONS = {
         {"role": "user", "content": "Another one."},
         {"role": "assistant", "content": "Green, like grass."},
     ],
+    "first answer with weight 0": [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue", "weight": 0},
+        {"role": "user", "content": "Another one."},
+        {"role": "assistant", "content": "Green, like grass.", "weight": 1},
+    ],
 }
 
 
@@ -86,7 +92,11 @@ def test_loss_mask_covers_exactly_the_assistant_tokens_and_end_of_turn(
         for token, label in zip(example.input_ids, example.labels, strict=True)
         if label == IGNORE
     ]
-    answers = [m["content"] + template.end_of_turn for m in messages if m["role"] == "assistant"]
+    answers = [
+        m["content"] + template.end_of_turn
+        for m in messages
+        if m["role"] == "assistant" and m.get("weight", 1) != 0
+    ]
     assert tiny_tokenizer.decode(labelled) == "".join(answers)
     pairs = zip(example.input_ids, example.labels, strict=True)
     assert all(label in (IGNORE, token) for token, label in pairs)
@@ -96,6 +106,31 @@ def test_loss_mask_covers_exactly_the_assistant_tokens_and_end_of_turn(
     for answer in answers:
         rendered = rendered.replace(answer, "", 1)
     assert tiny_tokenizer.decode(context) == rendered.removesuffix("\n")
+
+
+def test_tool_calls_are_trained_as_text_when_the_template_has_no_tool_support(
+    tiny_base: Path, tiny_tokenizer: Any
+) -> None:
+    template = read_chat_template(tiny_base)
+    call = {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": 1}'}}
+    messages = [
+        {"role": "user", "content": "Look it up."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
+
+    example = tokenize_conversation(messages, tiny_tokenizer, template, 512, tools)
+
+    labelled = [
+        t for t, label in zip(example.input_ids, example.labels, strict=True) if label != IGNORE
+    ]
+    end = template.end_of_turn
+    assert tiny_tokenizer.decode(labelled) == (
+        f'<tool_call>{{"name": "lookup", "arguments": {{"q": 1}}}}</tool_call>{end}It is 42.{end}'
+    )
+    assert '{"name": "lookup", "parameters": {}}' in tiny_tokenizer.decode(example.input_ids)
 
 
 def test_a_conversation_starts_with_a_single_bos_token(
