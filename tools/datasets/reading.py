@@ -158,10 +158,8 @@ def decode_text(path: Path, data: bytes) -> tuple[str, str]:
 
 
 def _guess_encoding(data: bytes) -> str:
-    try:
-        from charset_normalizer import from_bytes
-    except ImportError:  # an optional dependency of the guess only
-        return "a legacy single-byte encoding such as Windows-1252"
+    from charset_normalizer import from_bytes  # imported only when a file is not UTF-8
+
     best = from_bytes(data[: 1024 * 1024]).best()
     if best is None:
         return "binary data or an unknown encoding"
