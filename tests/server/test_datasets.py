@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -120,3 +121,28 @@ async def test_bad_options_are_all_named_before_the_file_is_read(
 
     assert "2 invalid option(s)" in str(caught.value)
     assert "pii='mask'" in str(caught.value) and "max_seq_len=2" in str(caught.value)
+
+
+async def test_parallel_first_calls_on_a_new_workspace_all_succeed(
+    session: Session, tmp_path: Path
+) -> None:
+    paths = [write_jsonl(tmp_path / f"part{i}.jsonl", rows(10 + i)) for i in range(3)]
+
+    results = await asyncio.gather(
+        *(session.call("prepare_dataset", path=str(path)) for path in paths)
+    )
+
+    assert len({result["dataset_id"] for result in results}) == 3
+    assert len(await session.call("list_datasets")) == 3
+
+
+async def test_a_misspelt_argument_is_refused_rather_than_ignored(
+    session: Session, tmp_path: Path
+) -> None:
+    path = write_jsonl(tmp_path / "tickets.jsonl", rows(10))
+
+    with pytest.raises(LifecycleError, match="pii_policy") as caught:
+        await session.call("prepare_dataset", path=str(path), pii_policy="keep")
+
+    assert "Extra inputs are not permitted" in str(caught.value)
+    assert await session.call("list_datasets") == []

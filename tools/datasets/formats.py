@@ -1013,6 +1013,9 @@ def _field_text(record: dict[str, Any], key: str, draft: _Draft) -> str | None:
     if key not in record:
         draft.add(MISSING_FIELD, f"$.{key}", f"{key} is missing; the record has {_quoted(record)}")
         return None
+    if record[key] is None:
+        draft.add(WRONG_TYPE, f"$.{key}", f"is null; {key} must be a string")
+        return None
     return _optional_text(record, key, draft)
 
 
@@ -1192,6 +1195,10 @@ def _check_turn_order(turns: list[_Turn], draft: _Draft) -> None:
         )
 
 
+# Whitespace plus the zero-width characters that print as nothing.
+_INVISIBLE = " \t\n\r\f\v\u00a0\u200b\u200c\u200d\u2060\ufeff\u2028\u2029\u3000"
+
+
 def _check_empty_turns(turns: list[_Turn], draft: _Draft) -> None:
     for turn in turns:
         message = turn.message
@@ -1200,7 +1207,7 @@ def _check_empty_turns(turns: list[_Turn], draft: _Draft) -> None:
         content = message["content"]
         if not isinstance(content, str) or "tool_calls" in message:
             continue
-        if not content or content.isspace():
+        if not content.strip(_INVISIBLE):
             state = "empty" if not content else f"only whitespace ({_show(content)})"
             draft.add(
                 EMPTY_CONTENT,

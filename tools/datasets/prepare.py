@@ -42,6 +42,7 @@ MAX_SEQ_LEN_RANGE = (16, 32768)  # what training accepts
 MAX_LABELS = 500
 MAX_LABEL_CHARS = 100
 DETECTION_SAMPLE = 100
+MIN_SHARED_AFFIX = 16  # characters every prompt must share before they are set aside
 PROBLEMS_IN_MESSAGE = 3
 
 EXACT_DUPLICATE = define(
@@ -76,6 +77,17 @@ ANSWER_TRUNCATED = define(
     "answer_truncated",
     "warning",
     "raise max_seq_len or shorten the answer; on_truncation='drop' removes such rows",
+)
+CONTROL_TOKEN = define(
+    "control_token_in_text",
+    "error",
+    "remove the chat template's control token from the text; the model would read it as a turn "
+    "boundary, not as text",
+)
+SPECIAL_TOKEN = define(
+    "special_token_in_text",
+    "warning",
+    "check the text: the tokenizer reads this as a special token, not as the characters",
 )
 TEMPLATE_ERROR = define(
     "template_error",
@@ -303,13 +315,13 @@ def prepare_dataset(
     _normalise_records(work)
     _normalise_whitespace(work)
     _add_system_prompts(work)
-    labels = _detect_labels(work)
     clock.lap("normalise")
 
-    # Screens, duplicates and lengths
+    # Screens, labels, duplicates and lengths
     _screen_pii(work)
     _screen_harm(work)
     clock.lap("screen")
+    labels = _detect_labels(work)
     _remove_duplicates(work)
     clock.lap("deduplicate")
     if counter is not None:
@@ -370,6 +382,9 @@ def _stored(row: _Row) -> dict[str, Any]:
 
 
 def _choose_format(path: Path, read: ReadResult, options: PrepareOptions) -> str:
+    if not read.records:
+        summary = f"no record of {read.records_read} could be read"
+        raise DatasetError(path, read.problems, summary, options.examples_per_problem)
     if options.format != "auto":
         return options.format
     if options.columns is not None:
@@ -480,15 +495,21 @@ def _screen_pii(work: _Pass) -> None:
                 listed = ", ".join(sorted(set(kinds)))
                 path = f"$.messages[{index}]"
                 work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})"))
+        tools = row.conversation.get("tools")
+        if tools:
+            kinds = _screen_tools(row.conversation, policy == "redact", clean)
+            if kinds:
+                found.update(kinds)
+                listed = ", ".join(sorted(set(kinds)))
+                work.problems.append(PII_FOUND.at(row.line, "$.tools", f"{listed} ({done})"))
         if found:
             work.pii_counts.update(found)
             if policy == "drop":
                 work.drop(row, "pii")
 
 
-def _screen_message(message: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
-    """The kinds of personal data in a message's text and tool call arguments, redacted."""
-    kinds: list[str] = []
+def _screener(redact: bool, clean: set[str], kinds: list[str]) -> Any:
+    """A function that screens one text, notes the kinds found and returns it (redacted)."""
 
     def screen(text: str) -> str:
         if text in clean:
@@ -498,6 +519,22 @@ def _screen_message(message: dict[str, Any], redact: bool, clean: set[str]) -> l
             clean.add(text)
         kinds.extend(match.type for match in matches)
         return pii.redact_pii(text, matches) if redact and matches else text
+
+    return screen
+
+
+def _screen_tools(conversation: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
+    kinds: list[str] = []
+    screened = _map_strings(conversation["tools"], _screener(redact, clean, kinds))
+    if redact and kinds:
+        conversation["tools"] = screened
+    return kinds
+
+
+def _screen_message(message: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
+    """The kinds of personal data in a message's text and tool call arguments, redacted."""
+    kinds: list[str] = []
+    screen = _screener(redact, clean, kinds)
 
     if isinstance(message.get("content"), str):
         message["content"] = screen(message["content"])
@@ -551,7 +588,8 @@ def _remove_duplicates(work: _Pass) -> None:
     """
     rows = work.live()
     threshold = work.options.near_duplicate_threshold
-    groups = cleaning.find_near_duplicates([_prompt_text(row) for row in rows], threshold)
+    prompts = _without_shared_affixes([_prompt_text(row) for row in rows])
+    groups = cleaning.find_near_duplicates(prompts, threshold)
     # System prompts and labels repeat across rows: normalise each distinct text once.
     keys: dict[str, str] = {}
     first_of: dict[tuple[int, str], _Row] = {}
@@ -580,6 +618,31 @@ def _remove_duplicates(work: _Pass) -> None:
     _report_conflicts(work, answers_in_group)
 
 
+def _without_shared_affixes(texts: list[str]) -> list[str]:
+    """The texts without the start and end every one of them shares, such as an instruction
+    written into each prompt, which would otherwise make different prompts look alike."""
+    if len(texts) < 2:
+        return texts
+    prefix = _common_prefix(texts)
+    suffix = _common_prefix([text[prefix:][::-1] for text in texts])
+    if prefix < MIN_SHARED_AFFIX:
+        prefix = 0
+    if suffix < MIN_SHARED_AFFIX:
+        suffix = 0
+    if not prefix and not suffix:
+        return texts
+    return [text[prefix : len(text) - suffix] for text in texts]
+
+
+def _common_prefix(texts: list[str]) -> int:
+    """Length of the start all texts share: the lexically first and last bound everyone."""
+    first, last = min(texts), max(texts)
+    for index, (a, b) in enumerate(zip(first, last, strict=False)):
+        if a != b:
+            return index
+    return len(first)
+
+
 def _exact_key(row: _Row) -> tuple[Any, ...]:
     tools = row.conversation.get("tools")
     return (
@@ -602,8 +665,10 @@ def _prompt_text(row: _Row) -> str:
 
 
 def _copy_key(row: _Row, keys: dict[str, str]) -> str:
-    """The system text and every answer, normalised: equal keys in one group are copies."""
+    """The system text, tools and every answer, normalised: equal keys in a group are copies."""
     parts = [row.messages[0]["content"] if row.messages[0]["role"] == "system" else ""]
+    if row.conversation.get("tools"):
+        parts.append(json.dumps(row.conversation["tools"], sort_keys=True))
     for message in row.messages:
         if message["role"] == "assistant":
             parts.append(str(message.get("content") or ""))
@@ -623,14 +688,36 @@ def _report_conflicts(work: _Pass, answers_in_group: dict[int, dict[str, int]]) 
             continue
         others = sorted(line for line in lines.values() if line != row.line)
         shown = ", ".join(map(str, others[:5])) + (" ..." if len(others) > 5 else "")
-        message = f"the same prompt has a different answer on line(s) {shown}"
+        message = (
+            f"the same prompt has a different answer, system prompt or tools on line(s) {shown}"
+        )
         work.problems.append(CONFLICTING_ANSWERS.at(row.line, "$", message))
 
 
 # --- tokens --------------------------------------------------------------------------------
 
 
+def _find_special_tokens(work: _Pass, counter: TokenCounter) -> None:
+    pattern = counter.special_tokens
+    if pattern is None:
+        return
+    for row in work.live():
+        for index, message in enumerate(row.messages):
+            content = message.get("content")
+            found = pattern.search(content) if isinstance(content, str) else None
+            if found is None:
+                continue
+            token = found.group()
+            code = CONTROL_TOKEN if counter.is_structural(token) else SPECIAL_TOKEN
+            message_text = f"holds {token!r}, a special token of the base model's tokenizer"
+            work.problems.append(code.at(row.line, f"$.messages[{index}].content", message_text))
+            if code is CONTROL_TOKEN:
+                work.drop(row, CONTROL_TOKEN.name)
+                break
+
+
 def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
+    _find_special_tokens(work, counter)
     rows = work.live()
     limit = work.options.max_seq_len
     for row, lengths in zip(rows, counter.measure([row.conversation for row in rows]), strict=True):
@@ -718,7 +805,7 @@ def _draw(seed: int, row: _Row) -> str:
 def _quotas(sizes: dict[str, int], fraction: float) -> dict[str, int]:
     """Validation rows per stratum, proportional, by largest remainder, keeping one train row."""
     total = sum(sizes.values())
-    target = math.floor(total * fraction + 0.5)
+    target = math.floor(total * fraction + 1e-9)  # never more than the fraction asked for
     if fraction > 0 and total >= 2:
         target = max(target, 1)
 
@@ -784,8 +871,29 @@ def _build_report(
             "rows_flagged": sum(1 for p in work.problems if p.code == HARMFUL_REQUEST.name),
             "by_category": dict(sorted(work.harm_counts.items())),
         },
+        "notes": _notes(work, labels, train, validation),
         "options": asdict(options),
     }
+
+
+def _notes(
+    work: _Pass, labels: list[str] | None, train: list[_Row], validation: list[_Row]
+) -> list[str]:
+    """What about the dataset as a whole a person should know before training on it."""
+    notes = []
+    if work.options.validation_fraction > 0 and not validation:
+        groups = len({row.group for row in train})
+        notes.append(
+            f"no validation row: validation_fraction is {work.options.validation_fraction}, but "
+            f"the {len(train)} rows ({groups} prompt groups) leave none to spare once each label "
+            "and each duplicate group keeps its rows together in train"
+        )
+    if labels is None and work.format == "classification":
+        notes.append(
+            f"the labels are not used to stratify the split: classes need at most {MAX_LABELS} "
+            f"distinct labels of one line and at most {MAX_LABEL_CHARS} characters each"
+        )
+    return notes
 
 
 def _label_report(

@@ -23,6 +23,7 @@ from turing.tools.errors import InvalidInputError
 CONTAINERS = ("auto", "jsonl", "json", "csv")
 CSV_DELIMITERS = ",\t;|"
 SNIFF_CHARS = 64 * 1024
+CSV_FIELD_LIMIT = 64 * 1024 * 1024  # the csv module's default of 128 KiB cuts long answers
 
 INVALID_JSON = define(
     "invalid_json",
@@ -41,6 +42,11 @@ MULTILINE_RECORD = define(
 )
 NOT_AN_OBJECT = define(
     "not_an_object", "error", 'make each record a JSON object such as {"messages": [...]}'
+)
+INVALID_UNICODE = define(
+    "invalid_unicode",
+    "error",
+    "write the whole character: an emoji escape needs both halves, e.g. \\ud83d\\ude00",
 )
 CSV_BAD_QUOTES = define(
     "csv_bad_quotes",
@@ -118,7 +124,7 @@ def read_records(
     if not text.strip():
         raise InvalidInputError(f"{path} is empty; it needs at least one record")
 
-    chosen = _choose_container(path, text) if container == "auto" else container
+    chosen = _choose_container(path, text, records_path) if container == "auto" else container
     if chosen == "csv":
         result = _read_csv(path, text)
     elif chosen == "json":
@@ -148,13 +154,35 @@ def decode_text(path: Path, data: bytes) -> tuple[str, str]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         where = f"byte 0x{data[exc.start]:02x} on line {line}"
+        stray = _stray_bytes(data)
+        if stray:
+            raise InvalidInputError(
+                f"{path} is UTF-8 text except for {stray} byte(s) that are not, the first being "
+                f"{where}; fix or remove those bytes (the rest of the file is fine as it is)"
+            ) from exc
         raise _not_utf8(path, _guess_encoding(data), where) from exc
 
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
-        name = "UTF-16" if text.count("\x00") * 4 > len(text) else "binary data"
-        raise _not_utf8(path, name, f"NUL bytes from line {line}")
+        if text.count("\x00") * 4 <= len(text):
+            raise InvalidInputError(
+                f"{path} holds NUL bytes (first on line {line}): it is binary data, not a text "
+                "dataset file"
+            )
+        raise _not_utf8(path, "UTF-16", f"NUL bytes from line {line}")
     return text, "utf-8-sig" if data.startswith(b"\xef\xbb\xbf") else "utf-8"
+
+
+def _stray_bytes(data: bytes) -> int:
+    """How many bytes break UTF-8 in text that is otherwise UTF-8 with accents, else 0."""
+    decoded = data.decode("utf-8", errors="replace")
+    broken = decoded.count("\ufffd")
+    accented = sum(1 for char in decoded if char > "\x7f") - broken
+    return broken if accented >= 10 * broken else 0
+
+
+# Single-byte encodings so alike on ordinary text that a guess between them is a coin toss.
+_LATIN_FAMILY = ("cp125", "iso8859", "latin", "mac")
 
 
 def _guess_encoding(data: bytes) -> str:
@@ -163,41 +191,36 @@ def _guess_encoding(data: bytes) -> str:
     best = from_bytes(data[: 1024 * 1024]).best()
     if best is None:
         return "binary data or an unknown encoding"
-    return best.encoding.replace("_", "-")
+    name = best.encoding.replace("_", "-")
+    if name.startswith(_LATIN_FAMILY) and name != "cp1252":
+        return f"cp1252 or another single-byte encoding (the closest guess is {name})"
+    return name
 
 
 def _not_utf8(path: Path, encoding: str, evidence: str) -> InvalidInputError:
     return InvalidInputError(
         f"{path} is not UTF-8 text: it looks like {encoding} ({evidence}); save it as UTF-8 "
-        f"(for example `iconv -f {encoding.split()[0]} -t UTF-8`) and try again"
+        f"(for example `iconv -f {encoding.split()[0]} -t UTF-8`, naming the encoding it was "
+        "written in) and try again"
     )
 
 
-def _choose_container(path: Path, text: str) -> str:
+def _choose_container(path: Path, text: str, records_path: str | None) -> str:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
     start = text.lstrip()[:1]
-    if start not in ("{", "["):
-        return "jsonl" if suffix == ".jsonl" else "csv"
-    if start == "[":
+    if records_path or start == "[":
         return "json"  # a JSONL file of arrays is not a dataset shape anyone writes
-    first = text.lstrip().split("\n", 1)[0].strip()
+    if start != "{":
+        return "json" if suffix == ".json" else "jsonl" if suffix == ".jsonl" else "csv"
     try:
-        json.loads(first)
-    except json.JSONDecodeError:
-        # The first line alone is not a record: a pretty-printed document, unless the file is
-        # JSON lines whose first record is broken; only a whole-document parse can tell.
-        return "json" if _parses(text) else "jsonl"
-    return "jsonl"
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return "jsonl"  # several records, or broken ones: JSON lines reports them line by line
+    # One object: a single record is a JSON lines file of one line; anything else holds records.
+    is_record = isinstance(document, dict) and any(key in document for key in RECORD_KEYS)
+    return "jsonl" if is_record and "\n" not in text.strip() else "json"
 
 
 # --- JSON lines ----------------------------------------------------------------------------
@@ -218,12 +241,33 @@ def _read_jsonl(text: str) -> ReadResult:
             result.blank_lines += 1
             continue
         try:
-            result.records.append(Record(number, json.loads(line)))
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
             problem, consumed = _diagnose_line(text, starts, number, line, exc)
             result.problems.append(problem)
             number += consumed
+        except RecursionError:
+            result.problems.append(INVALID_JSON.at(number, "$", "nested too deeply to read"))
+        else:
+            _add_record(result, number, value, "\\u" in line)
     return result
+
+
+def _add_record(result: ReadResult, line: int, value: Any, escaped: bool) -> None:
+    # Only a \\u escape can put a lone surrogate (half of an emoji pair) into a string.
+    if escaped and not _encodable(value):
+        message = "a string holds a lone surrogate escape such as \\ud83d, half of a character"
+        result.problems.append(INVALID_UNICODE.at(line, "$", message))
+        return
+    result.records.append(Record(line, value))
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _diagnose_line(
@@ -272,6 +316,8 @@ def _line_starts(text: str) -> list[int]:
 def _read_json_document(path: Path, text: str, records_path: str | None) -> ReadResult:
     try:
         document = json.loads(text)
+    except RecursionError as exc:
+        raise InvalidInputError(f"{path} is nested too deeply to read as JSON") from exc
     except json.JSONDecodeError as exc:
         raise InvalidInputError(
             f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
@@ -283,8 +329,11 @@ def _read_json_document(path: Path, text: str, records_path: str | None) -> Read
     starts = _line_starts(text)
     position = _position_of(text, keys)
     result = ReadResult(container="json", records_path=_format_path(keys) if keys else None)
+    escaped = "\\u" in text
     for offset, value in _array_elements(text, position):
-        result.records.append(Record(bisect.bisect_right(starts, offset), value))
+        _add_record(result, bisect.bisect_right(starts, offset), value, escaped)
+    if not result.records_read:
+        raise InvalidInputError(f"{path} holds an empty list: there are no records to prepare")
     return result
 
 
@@ -349,7 +398,8 @@ def _record_lists(
 def _key_list(document: Any) -> str:
     if isinstance(document, dict):
         return ", ".join(repr(key) for key in list(document)[:20]) or "(none)"
-    return f"(none: the document is a {type(document).__name__})"
+    kinds = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}
+    return f"(none: the document is {kinds.get(type(document), 'a number')})"
 
 
 def _format_path(keys: list[str]) -> str:
@@ -369,15 +419,25 @@ def _position_of(text: str, keys: list[str]) -> int:
     """The offset where the value at `keys` starts in a document already known to parse."""
     position = _skip_space(text, 0)
     for key in keys:
-        position = _skip_space(text, position + 1)  # past "{" or ","
-        while True:
-            name, position = _DECODER.raw_decode(text, position)
-            position = _skip_space(text, _skip_space(text, position) + 1)  # past ":"
-            if name == key:
-                break
-            _, position = _DECODER.raw_decode(text, position)
-            position = _skip_space(text, _skip_space(text, position) + 1)  # past ","
+        position = _value_of_key(text, position, key)
     return position
+
+
+def _value_of_key(text: str, position: int, key: str) -> int:
+    """Where the value of `key` starts in the object at `position`; the last one, as json.loads
+    keeps the last of repeated keys."""
+    found = -1
+    position = _skip_space(text, position + 1)  # past "{"
+    while text[position] != "}":
+        name, position = _DECODER.raw_decode(text, position)
+        position = _skip_space(text, _skip_space(text, position) + 1)  # past ":"
+        if name == key:
+            found = position
+        _, position = _DECODER.raw_decode(text, position)
+        position = _skip_space(text, position)
+        if text[position] == ",":
+            position = _skip_space(text, position + 1)
+    return found
 
 
 def _array_elements(text: str, position: int) -> Iterator[tuple[int, Any]]:
@@ -400,6 +460,7 @@ def _read_csv(path: Path, text: str) -> ReadResult:
     lines = io.StringIO(text, newline="")
     # strict: an unclosed quote is an error instead of one cell swallowing the rest of the file
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    csv.field_size_limit(CSV_FIELD_LIMIT)
 
     header = _read_header(path, reader)
     result.columns = header
@@ -410,10 +471,17 @@ def _read_csv(path: Path, text: str) -> ReadResult:
         except StopIteration:
             break
         except csv.Error as exc:
-            message = f"the quoting breaks from here: {exc}; reading stopped"
+            if "end of data" in str(exc):
+                # The quote never closes: every later row is inside it, so nothing is usable.
+                raise InvalidInputError(
+                    f"{path}, line {start}: a quoted cell opened here never closes, so the rest "
+                    'of the file reads as one cell; close the quote (write "" for a quote inside '
+                    "a quoted cell)"
+                ) from exc
+            message = f"cannot be read as CSV: {exc}"
             result.problems.append(CSV_BAD_QUOTES.at(start, "$", message))
-            break
-        _add_csv_row(result, start, header, cells)
+        else:
+            _add_csv_row(result, start, header, cells)
         start = reader.line_num + 1
     return result
 
@@ -425,6 +493,10 @@ def _read_header(path: Path, reader: Any) -> list[str]:
         raise InvalidInputError(f"{path}: the header row cannot be read: {exc}") from exc
     if not any(header):
         raise InvalidInputError(f"{path} has no header row; a CSV file starts with column names")
+    repeated = sorted({name for name in header if header.count(name) > 1 and name})
+    if repeated:
+        names = ", ".join(map(repr, repeated))
+        raise InvalidInputError(f"{path}: the header names {names} more than once; rename them")
     return header
 
 

@@ -24,7 +24,7 @@ from turing.tools.datasets.prepare import (
     prepare_dataset,
 )
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
-from turing.tools.errors import InvalidInputError
+from turing.tools.errors import InvalidInputError, TuringError
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,25 @@ def create_dataset(
         logger.info("dataset %s already stored; returning it", dataset_id)
         return describe_dataset(existing)
 
-    prepared = prepare_dataset(source, options, counter)
+    prepared = _prepare(source, options, counter)
     with _STORE_LOCK:
         existing = services.registry.find("datasets", dataset_id)
         if existing is not None:
             return describe_dataset(existing)
         return _store(services, dataset_id, source, prepared, options, base_model, counter)
+
+
+def _prepare(source: Path, options: PrepareOptions, counter: TokenCounter) -> PreparedDataset:
+    try:
+        return prepare_dataset(source, options, counter)
+    except TuringError:
+        raise
+    except Exception as exc:  # the tool's boundary: a defect must still reach the caller whole
+        logger.exception("preparing %s failed", source)
+        raise TuringError(
+            f"{source}: preparation failed unexpectedly ({type(exc).__name__}: {exc}); "
+            "nothing was stored"
+        ) from exc
 
 
 def _store(

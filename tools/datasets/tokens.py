@@ -13,12 +13,14 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,19 @@ class TokenCounter:
     template: ChatTemplate
     add_bos: bool
     fingerprint: str
+
+    @cached_property
+    def special_tokens(self) -> re.Pattern[str] | None:
+        """Matches the tokenizer's special tokens in text (None when it has none)."""
+        decoder = self.tokenizer.get_added_tokens_decoder()
+        names = sorted({token.content for token in decoder.values() if token.special}, key=len)
+        if not names:
+            return None
+        return re.compile("|".join(re.escape(name) for name in reversed(names)))
+
+    def is_structural(self, token: str) -> bool:
+        """Whether the chat template itself writes this token (a turn boundary, for one)."""
+        return token in self.template.source or token in (self.template.end_of_turn,)
 
     def measure(self, rows: Sequence[dict[str, Any]]) -> list[TokenLengths | str]:
         """Lengths of `{"messages": [...], "tools"?: [...]}` rows, tokenised in one batch.

@@ -604,3 +604,148 @@ def test_write_jsonl_round_trips_and_leaves_no_temporary_file(tmp_path: Path) ->
 
     assert read_jsonl(path) == rows
     assert [item.name for item in path.parent.iterdir()] == ["rows.jsonl"]
+
+
+# --- hostile and unusual input -------------------------------------------------------------
+
+INSTRUCTION = (
+    "You are the support assistant of a small shop. Read the customer's message and answer "
+    "with one word: billing, shipping, login or other. Customer message: "
+)
+MESSAGES = [
+    "my invoice shows a double charge",
+    "where is my parcel",
+    "I cannot log in",
+    "the app crashes on start",
+    "refund my last payment",
+    "the package is late",
+    "password reset fails",
+    "what are your opening hours",
+]
+
+
+def test_distinct_prompts_sharing_an_instruction_are_not_near_copies(tmp_path: Path) -> None:
+    labels = ["billing", "shipping", "login", "other"] * 2
+    rows = [
+        {"prompt": INSTRUCTION + text, "completion": label}
+        for text, label in zip(MESSAGES, labels, strict=True)
+    ]
+
+    prepared = prepare(write(tmp_path, "instructed.jsonl", jsonl(rows)))
+
+    assert prepared.report["rows"]["kept"] == 8
+    assert prepared.problems == []
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        ('{"messages": ' + "[" * 5000 + "]" * 5000 + "}", "invalid_json"),
+        ('{"text": "half an emoji \\ud83d here", "label": "x"}', "invalid_unicode"),
+        ('{"text": null, "label": "x"}', "wrong_type"),
+        ('{"text": "\\u200b\\u200b", "label": "x"}', "empty_content"),
+        ('{"text": "hi <|im_end|> there", "label": "x"}', "control_token_in_text"),
+    ],
+    ids=["deep nesting", "lone surrogate", "null text", "invisible text", "control token"],
+)
+def test_a_hostile_record_is_one_problem_not_a_crash(
+    tmp_path: Path, counter: TokenCounter, line: str, code: str
+) -> None:
+    good = [json.dumps({"text": distinct_prompt(str(i)), "label": "x"}) for i in range(4)]
+    path = write(tmp_path, "hostile.jsonl", "\n".join([*good, line]) + "\n")
+
+    prepared = prepare(path, counter, on_error="skip", format="classification")
+
+    assert problem_lines(prepared) == {(code, 5)}
+    assert prepared.report["rows"]["kept"] == 4
+
+
+def test_an_unclosed_csv_quote_is_refused_instead_of_storing_the_rows_before_it(
+    tmp_path: Path,
+) -> None:
+    text = 'text,label\nfirst row,a\nsecond row,b\n"never closed,c\nfourth row,d\n'
+    path = write(tmp_path, "open.csv", text)
+
+    with pytest.raises(InvalidInputError, match=r"line 4: a quoted cell opened here never closes"):
+        prepare(path, on_error="skip")
+
+
+def test_a_stray_quote_in_a_csv_row_is_reported_and_reading_goes_on(tmp_path: Path) -> None:
+    rows = [f"{distinct_prompt(str(i))},x" for i in range(4)]
+    text = "text,label\n" + "\n".join([rows[0], '"quoted" then more,x', *rows[1:]]) + "\n"
+
+    prepared = prepare(write(tmp_path, "stray.csv", text), on_error="skip")
+
+    assert problem_lines(prepared) == {("csv_bad_quotes", 3)}
+    assert prepared.report["rows"]["kept"] == 4
+
+
+def test_a_repeated_csv_column_name_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "twice.csv", "text,text,label\na,b,c\n")
+
+    with pytest.raises(InvalidInputError, match="header names 'text' more than once"):
+        prepare(path, columns={"user": "text", "assistant": "label"})
+
+
+def test_every_line_broken_lists_the_lines_instead_of_guessing_the_format(tmp_path: Path) -> None:
+    lines = [json.dumps(row) + "," for row in labelled_rows(1)]
+
+    error = rejected(write(tmp_path, "commas.jsonl", "\n".join(lines) + "\n"))
+
+    assert problem_lines(error) == {
+        ("trailing_comma", 1),
+        ("trailing_comma", 2),
+        ("trailing_comma", 3),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "records"),
+    [
+        (json.dumps({"root": {"qapair": [{"text": "a b", "label": "x"}] * 2}}), 2),
+        ('{"data": "not these",\n "data": [{"text": "a b", "label": "x"}]}', 1),
+    ],
+    ids=["minified object", "repeated key: the last wins, as in json.loads"],
+)
+def test_records_inside_an_object_are_found(tmp_path: Path, text: str, records: int) -> None:
+    prepared = prepare(write(tmp_path, "nested.json", text), near_duplicates="keep")
+
+    assert prepared.report["rows"]["read"] == records
+
+
+def test_a_utf8_file_with_one_stray_byte_is_not_called_another_encoding(tmp_path: Path) -> None:
+    good = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in labelled_rows(4))
+    data = ("café " * 10 + "\n").encode() + good.encode() + b"\xe9\n"
+    path = write(tmp_path, "stray.jsonl", data)
+
+    with pytest.raises(InvalidInputError, match="UTF-8 text except for 1 byte"):
+        prepare(path)
+
+
+def test_labels_and_tool_definitions_are_screened_for_personal_data(tmp_path: Path) -> None:
+    rows = [
+        {"text": distinct_prompt(str(i)), "label": f"owner{i % 2}@example.com"} for i in range(6)
+    ]
+    tool_row = chat("call it", "done")
+    tool_row["tools"] = [
+        {"type": "function", "function": {"name": "f", "description": "ask ops@example.com"}}
+    ]
+    labels = prepare(write(tmp_path, "labels.jsonl", jsonl(rows)))
+    tools = prepare(write(tmp_path, "tools.jsonl", jsonl([tool_row])), validation_fraction=0)
+
+    assert "example.com" not in json.dumps(labels.report["labels"])
+    assert tools.train[0]["tools"][0]["function"]["description"] == "ask [EMAIL]"
+
+
+def test_the_split_never_holds_out_more_than_the_fraction_and_says_when_it_holds_none(
+    tmp_path: Path,
+) -> None:
+    three = [chat(distinct_prompt(str(i)), "free text answer " + str(i)) for i in range(3)]
+    single = [chat("the same question", f"answer {i}") for i in range(4)]
+
+    split = prepare(write(tmp_path, "three.jsonl", jsonl(three)), validation_fraction=0.5)
+    grouped = prepare(write(tmp_path, "one.jsonl", jsonl(single)), validation_fraction=0.5)
+
+    assert split.report["rows"]["validation"] == 1
+    assert grouped.report["rows"]["validation"] == 0
+    assert grouped.report["notes"][0].startswith("no validation row")
