@@ -27,7 +27,8 @@ from typing import Any
 
 from turing.tools.base_models import smollm2_gguf_path
 from turing.tools.datasets.jsonl import write_jsonl
-from turing.tools.datasets.prepare import PrepareOptions, prepare_dataset
+from turing.tools.datasets.options import PrepareOptions
+from turing.tools.datasets.prepare import prepare_dataset
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,9 +3,8 @@
 The pipeline, in one pass over the file: read records (reading.py), normalise each format to chat
 messages (formats.py), normalise whitespace, screen for personal data and harmful requests,
 remove exact and near duplicates (cleaning.py), measure tokens in the base model's own tokenizer
-and chat template (tokens.py), and split by seeded hash, stratified by label, with duplicate
-groups kept on one side. Every problem is collected before the policy decides; nothing here
-touches the registry.
+and chat template (tokens.py), and split (splits.py). Options live in options.py. Every problem
+is collected before the on_error policy decides; nothing here touches the registry.
 """
 
 from __future__ import annotations
@@ -17,27 +16,19 @@ import math
 import statistics
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turing.tools.datasets import cleaning, formats, harm, pii
+from turing.tools.datasets import cleaning, formats, harm, pii, splits
+from turing.tools.datasets.options import PrepareOptions
 from turing.tools.datasets.problems import Problem, define, group_problems, is_error
-from turing.tools.datasets.reading import CONTAINERS, ReadResult, read_records
+from turing.tools.datasets.reading import ReadResult, read_records
 from turing.tools.datasets.tokens import TokenCounter, TokenLengths
 from turing.tools.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_CHOICES = ("auto", *formats.FORMATS)
-ON_ERROR_POLICIES = ("reject", "skip")
-NEAR_DUPLICATE_POLICIES = ("drop", "keep")
-PII_POLICIES = ("redact", "drop", "keep")
-HARMFUL_POLICIES = ("flag", "drop")
-TRUNCATION_POLICIES = ("flag", "drop")
-MAX_VALIDATION_FRACTION = 0.5
-MAX_SEQ_LEN_RANGE = (16, 32768)  # what training accepts
 # Answers count as class labels up to this many distinct values, each short and on one line.
 MAX_LABELS = 500
 MAX_LABEL_CHARS = 100
@@ -94,128 +85,6 @@ TEMPLATE_ERROR = define(
     "error",
     "make the conversation one the base model's chat template can render",
 )
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """How to read, clean and split a dataset file; every field is part of the dataset's id."""
-
-    format: str = "auto"
-    container: str = "auto"
-    records_path: str | None = None
-    columns: dict[str, str] | None = None
-    system_prompt: str | None = None
-    label_prompt: bool = False
-    whitespace: str = "trim"
-    near_duplicates: str = "drop"
-    near_duplicate_threshold: float = 0.8
-    pii: str = "redact"
-    harmful: str = "flag"
-    max_seq_len: int = 512
-    on_truncation: str = "flag"
-    validation_fraction: float = 0.1
-    seed: int = 0
-    on_error: str = "reject"
-    examples_per_problem: int = 5
-
-
-def parse_options(raw: dict[str, Any] | None) -> PrepareOptions:
-    """Validate every option at once; the error lists each bad value with what is allowed."""
-    given = {key: value for key, value in (raw or {}).items() if value is not None}
-    allowed = PrepareOptions.__dataclass_fields__
-    errors = [
-        f"{key!r} is not an option; allowed: {', '.join(allowed)}"
-        for key in given
-        if key not in allowed
-    ]
-    for key, value in given.items():
-        check = _CHECKS.get(key)
-        problem = check(value) if check else None
-        if problem:
-            errors.append(f"{key}={_show(value)} {problem}")
-    if not errors:
-        errors += _combination_errors(given)
-    if errors:
-        raise InvalidInputError(f"{len(errors)} invalid option(s):\n  " + "\n  ".join(errors))
-    return PrepareOptions(**given)
-
-
-def _choice(choices: Sequence[str]) -> Any:
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"is not allowed; allowed: {', '.join(choices)}"
-
-    return check
-
-
-def _number(low: float, high: float, integer: bool = False) -> Any:
-    kind = "an integer" if integer else "a number"
-
-    def check(value: Any) -> str | None:
-        wrong_type = isinstance(value, bool) or not isinstance(
-            value, int if integer else (int, float)
-        )
-        if wrong_type or not low <= value <= high:  # NaN fails the comparison
-            return f"is out of range; allowed: {kind} from {low:g} to {high:g}"
-        return None
-
-    return check
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "must be non-empty text"
-
-
-def _flag(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "must be true or false"
-
-
-def _columns(value: Any) -> str | None:
-    if not isinstance(value, dict) or not value:
-        return 'must map roles to fields, e.g. {"user": "text", "assistant": "label"}'
-    roles = ("system", "user", "assistant")
-    wrong = [key for key in value if key not in roles]
-    if wrong:
-        return (
-            f"has {', '.join(map(repr, wrong))}, which are not roles; allowed: {', '.join(roles)}"
-        )
-    if any(not isinstance(name, str) or not name.strip() for name in value.values()):
-        return "must give a non-empty field name for each role"
-    missing = [role for role in ("user", "assistant") if role not in value]
-    return f"has no {' or '.join(map(repr, missing))} entry" if missing else None
-
-
-_CHECKS: dict[str, Any] = {
-    "format": _choice(FORMAT_CHOICES),
-    "container": _choice(CONTAINERS),
-    "records_path": _text,
-    "columns": _columns,
-    "system_prompt": _text,
-    "label_prompt": _flag,
-    "whitespace": _choice(cleaning.WHITESPACE_MODES),
-    "near_duplicates": _choice(NEAR_DUPLICATE_POLICIES),
-    "near_duplicate_threshold": _number(0.5, 1.0),
-    "pii": _choice(PII_POLICIES),
-    "harmful": _choice(HARMFUL_POLICIES),
-    "max_seq_len": _number(*MAX_SEQ_LEN_RANGE, integer=True),
-    "on_truncation": _choice(TRUNCATION_POLICIES),
-    "validation_fraction": _number(0.0, MAX_VALIDATION_FRACTION),
-    "seed": _number(0, 2**32 - 1, integer=True),
-    "on_error": _choice(ON_ERROR_POLICIES),
-    "examples_per_problem": _number(1, 100, integer=True),
-}
-
-
-def _combination_errors(given: dict[str, Any]) -> list[str]:
-    errors = []
-    if "columns" in given and given.get("format", "auto") not in ("auto", "columns"):
-        errors.append(f"columns applies to format 'columns' only, not {given['format']!r}")
-    if given.get("format") == "columns" and "columns" not in given:
-        errors.append(
-            'format \'columns\' needs columns, e.g. {"user": "question", "assistant": "answer"}'
-        )
-    if "system" in given.get("columns", {}) and "system_prompt" in given:
-        errors.append("pass either a 'system' column or system_prompt, not both")
-    return errors
 
 
 @dataclass
@@ -331,7 +200,7 @@ def prepare_dataset(
 
     # Split and report
     kept = work.live()
-    train, validation = _split(kept, labels, options.validation_fraction, options.seed)
+    train, validation = _split(kept, labels is not None, options)
     work.problems.sort(key=lambda problem: (problem.line or 0, problem.path))
     clock.lap("split")
     report = _build_report(path, sha256, work, labels, train, validation, counter)
@@ -768,66 +637,18 @@ def _enforce_policy(path: Path, work: _Pass) -> None:
 
 
 def _split(
-    rows: list[_Row], labels: list[str] | None, fraction: float, seed: int
+    rows: list[_Row], stratify: bool, options: PrepareOptions
 ) -> tuple[list[_Row], list[_Row]]:
-    """Seeded, label-stratified, and group-aware: a prompt group never straddles the split."""
-    groups: dict[int, list[int]] = defaultdict(list)
-    for index, row in enumerate(rows):
-        groups[row.group].append(index)
-
-    strata: dict[str, list[int]] = defaultdict(list)
-    for group, members in groups.items():
-        strata[_group_label(rows, members) if labels else ""].append(group)
-    sizes = {name: sum(len(groups[group]) for group in chosen) for name, chosen in strata.items()}
-    quotas = _quotas(sizes, fraction)
-
-    held_out: set[int] = set()
-    for name in sorted(strata):
-        order = sorted(strata[name], key=lambda group: _draw(seed, rows[groups[group][0]]))
-        held_out |= _fill(order, groups, quotas[name])
+    held_out = splits.held_out_rows(
+        groups=[row.group for row in rows],
+        labels=[row.label or "" for row in rows] if stratify else None,
+        draw_keys=[cleaning.dedup_key(_prompt_text(row)) for row in rows],
+        fraction=options.validation_fraction,
+        seed=options.seed,
+    )
     train = [row for index, row in enumerate(rows) if index not in held_out]
     validation = [row for index, row in enumerate(rows) if index in held_out]
     return train, validation
-
-
-def _group_label(rows: list[_Row], members: list[int]) -> str:
-    counts = Counter(rows[index].label or "" for index in members)
-    return min(counts, key=lambda label: (-counts[label], label))
-
-
-def _draw(seed: int, row: _Row) -> str:
-    # A hash of content rather than random.shuffle: a row's side does not move when other rows
-    # are added or removed.
-    key = cleaning.dedup_key(_prompt_text(row))
-    return hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()
-
-
-def _quotas(sizes: dict[str, int], fraction: float) -> dict[str, int]:
-    """Validation rows per stratum, proportional, by largest remainder, keeping one train row."""
-    total = sum(sizes.values())
-    target = math.floor(total * fraction + 1e-9)  # never more than the fraction asked for
-    if fraction > 0 and total >= 2:
-        target = max(target, 1)
-
-    eligible = {name: size for name, size in sizes.items() if size >= 2}
-    quotas = {name: 0 for name in sizes}
-    quotas.update({name: math.floor(size * fraction) for name, size in eligible.items()})
-    by_remainder = sorted(eligible, key=lambda name: (-(eligible[name] * fraction % 1), name))
-    for name in by_remainder:
-        if sum(quotas.values()) >= target:
-            break
-        quotas[name] = min(quotas[name] + 1, eligible[name] - 1)
-    return quotas
-
-
-def _fill(order: list[int], groups: dict[int, list[int]], quota: int) -> set[int]:
-    chosen: set[int] = set()
-    for group in order:
-        if len(chosen) + len(groups[group]) <= quota:
-            chosen.update(groups[group])
-        if len(chosen) == quota:
-            break
-    return chosen
 
 
 # --- report --------------------------------------------------------------------------------
@@ -951,8 +772,3 @@ def _histogram(values: list[int], limit: int) -> dict[str, int]:
     buckets = {f"<={edge}": counts.get(edge, 0) for edge in edges}
     buckets[f">{limit}"] = counts.get(None, 0)
     return buckets
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -17,12 +17,8 @@ from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
 from turing.tools.datasets.jsonl import read_jsonl, write_jsonl
-from turing.tools.datasets.prepare import (
-    PreparedDataset,
-    PrepareOptions,
-    parse_options,
-    prepare_dataset,
-)
+from turing.tools.datasets.options import PrepareOptions, parse_options
+from turing.tools.datasets.prepare import PreparedDataset, prepare_dataset
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 from turing.tools.errors import InvalidInputError, TuringError
 

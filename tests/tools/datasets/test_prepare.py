@@ -12,12 +12,8 @@ import pytest
 from turing.tools.base_models import smollm2_gguf_path
 from turing.tools.datasets import prepare as prepare_module
 from turing.tools.datasets.jsonl import read_jsonl, write_jsonl
-from turing.tools.datasets.prepare import (
-    DatasetError,
-    PreparedDataset,
-    parse_options,
-    prepare_dataset,
-)
+from turing.tools.datasets.options import parse_options
+from turing.tools.datasets.prepare import DatasetError, PreparedDataset, prepare_dataset
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 from turing.tools.errors import InvalidInputError
 
