@@ -234,12 +234,19 @@ def find_near_duplicates(
     Raises:
         InvalidInputError: `threshold` is outside (0, 1] or `seed` is negative.
     """
+    return cluster_keys([dedup_key(text) for text in texts], threshold, seed=seed)
+
+
+def cluster_keys(keys: Sequence[str], threshold: float = 0.8, *, seed: int = 0) -> list[int]:
+    """`find_near_duplicates` over texts already reduced with `dedup_key`.
+
+    For a caller that needs the keys for something else too, so they are computed once.
+    """
     if not 0.0 < threshold <= 1.0:
         raise InvalidInputError(f"threshold must be in (0, 1], got {threshold}")
     if seed < 0:
         raise InvalidInputError(f"seed must be a non-negative integer, got {seed}")
 
-    keys = [dedup_key(text) for text in texts]
     firsts: dict[str, int] = {}
     for index, key in enumerate(keys):
         firsts.setdefault(key, index)

@@ -123,6 +123,7 @@ class _Row:
     conversation: dict[str, Any]
     dropped: str | None = None  # the reason, once a stage drops it
     group: int = 0  # rows of one prompt group stay on one side of the split
+    prompt_key: str = ""  # the prompt, normalised: where the row falls in the split
     label: str | None = None
     lengths: TokenLengths | None = None
 
@@ -458,15 +459,17 @@ def _remove_duplicates(work: _Pass) -> None:
     rows = work.live()
     threshold = work.options.near_duplicate_threshold
     prompts = _without_shared_affixes([_prompt_text(row) for row in rows])
-    groups = cleaning.find_near_duplicates(prompts, threshold)
+    prompt_keys = [cleaning.dedup_key(prompt) for prompt in prompts]
+    groups = cleaning.cluster_keys(prompt_keys, threshold)
     # System prompts and labels repeat across rows: normalise each distinct text once.
     keys: dict[str, str] = {}
     first_of: dict[tuple[int, str], _Row] = {}
     exact_seen: set[tuple[Any, ...]] = set()
     answers_in_group: dict[int, dict[str, int]] = defaultdict(dict)
 
-    for row, group in zip(rows, groups, strict=True):
+    for row, group, prompt_key in zip(rows, groups, prompt_keys, strict=True):
         row.group = group
+        row.prompt_key = prompt_key
         key = (group, _copy_key(row, keys))
         exact = _exact_key(row)
         if exact in exact_seen:
@@ -642,7 +645,7 @@ def _split(
     held_out = splits.held_out_rows(
         groups=[row.group for row in rows],
         labels=[row.label or "" for row in rows] if stratify else None,
-        draw_keys=[cleaning.dedup_key(_prompt_text(row)) for row in rows],
+        draw_keys=[row.prompt_key for row in rows],
         fraction=options.validation_fraction,
         seed=options.seed,
     )

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "settings.json"
 CONVERSION_TIMEOUT_S = 300
+MEASURE_CHUNK = 8192
 _LOADED: dict[str, TokenCounter] = {}
 _LOAD_LOCK = threading.Lock()
 
@@ -75,10 +77,27 @@ class TokenCounter:
         return token in self.template.source or token in (self.template.end_of_turn,)
 
     def measure(self, rows: Sequence[dict[str, Any]]) -> list[TokenLengths | str]:
-        """Lengths of `{"messages": [...], "tools"?: [...]}` rows, tokenised in one batch.
+        """Lengths of `{"messages": [...], "tools"?: [...]}` rows, tokenised in batches.
 
         Returns, per row, its lengths or, when the chat template cannot render it, the reason.
         """
+        lengths: list[TokenLengths | str] = []
+        # The Rust tokenizer runs outside the GIL: one chunk is tokenised while the next renders.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for start in range(0, len(rows), MEASURE_CHUNK):
+                rendered = self._render_all(rows[start : start + MEASURE_CHUNK])
+                encoding = pool.submit(self.tokenizer.encode_batch, rendered[0], False)
+                if pending is not None:
+                    lengths += self._lengths(*pending)
+                pending = (*rendered, encoding)
+            if pending is not None:
+                lengths += self._lengths(*pending)
+        return lengths
+
+    def _render_all(
+        self, rows: Sequence[dict[str, Any]]
+    ) -> tuple[list[str], list[tuple[int, int]], dict[int, str]]:
         texts: list[str] = []
         spans: list[tuple[int, int]] = []
         failures: dict[int, str] = {}
@@ -90,21 +109,27 @@ class TokenCounter:
                 text, span = "", (0, 0)
             texts.append(text)
             spans.append(span)
+        return texts, spans, failures
 
-        # Offsets are needed to place the answer; the Rust batch runs outside the GIL.
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+    def _lengths(
+        self,
+        texts: list[str],
+        spans: list[tuple[int, int]],
+        failures: dict[int, str],
+        encoding: Future[list[Any]],
+    ) -> list[TokenLengths | str]:
         bos = self.template.bos_token
         lengths: list[TokenLengths | str] = []
-        for index, (text, encoding, (start, end)) in enumerate(
-            zip(texts, encodings, spans, strict=True)
+        for index, (text, encoded, (start, end)) in enumerate(
+            zip(texts, encoding.result(), spans, strict=True)
         ):
             if index in failures:
                 lengths.append(failures[index])
                 continue
             extra = 1 if self.add_bos and not (bos and text.startswith(bos)) else 0
-            total = _tokens_before(encoding, end, len(text))
+            total = _tokens_before(encoded, end, len(text))
             lengths.append(
-                TokenLengths(total + extra, _tokens_before(encoding, start, len(text)) + extra)
+                TokenLengths(total + extra, _tokens_before(encoded, start, len(text)) + extra)
             )
         return lengths
 
