@@ -49,7 +49,6 @@ _ASCII_PUNCTUATION = "".join(c for c in string.punctuation if unicodedata.catego
 # bytes.split() misses the separators \x1c-\x1f that str.split() honours; make them spaces.
 _ASCII_SPACED = _ASCII_PUNCTUATION.replace("'", "") + "\x1c\x1d\x1e\x1f"
 _ASCII_TABLE = bytes.maketrans(_ASCII_SPACED.encode(), b" " * len(_ASCII_SPACED))
-_ASCII_DIGITS = string.digits.encode()
 # A mark between two digits carries meaning ("2/3", "2*3", "1.5"), so it survives the key.
 _BETWEEN_DIGITS = re.compile(r"(?<=\d)([^\w\s])(?=\d)")
 
@@ -183,7 +182,7 @@ def dedup_key(text: str) -> str:
     """
     if text.isascii():
         raw = text.encode("ascii").lower()
-        if len(raw.translate(None, _ASCII_DIGITS)) == len(raw):
+        if _BETWEEN_DIGITS.search(text) is None:
             return b" ".join(raw.translate(_ASCII_TABLE, b"'").split()).decode("ascii")
         text = raw.decode("ascii")
     else:

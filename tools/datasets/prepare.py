@@ -35,6 +35,7 @@ MAX_LABEL_CHARS = 100
 DETECTION_SAMPLE = 100
 MIN_SHARED_AFFIX = 16  # characters every prompt must share before they are set aside
 PROBLEMS_IN_MESSAGE = 3
+MAX_REMEMBERED_CHARS = 4096  # texts this short are remembered once screened clean
 
 EXACT_DUPLICATE = define(
     "duplicate", "warning", "nothing to do: the copy was dropped; remove it from the source"
@@ -359,6 +360,8 @@ def _screen_pii(work: _Pass) -> None:
     for row in work.live():
         found: Counter[str] = Counter()
         for index, message in enumerate(row.messages):
+            if message.get("content") in clean and "tool_calls" not in message:
+                continue  # the common case, without the cost of a screening call
             kinds = _screen_message(message, policy == "redact", clean)
             if kinds:
                 found.update(kinds)
@@ -385,7 +388,7 @@ def _screener(redact: bool, clean: set[str], kinds: list[str]) -> Any:
         if text in clean:
             return text
         matches = pii.find_pii(text)
-        if not matches:
+        if not matches and len(text) <= MAX_REMEMBERED_CHARS:
             clean.add(text)
         kinds.extend(match.type for match in matches)
         return pii.redact_pii(text, matches) if redact and matches else text
@@ -464,20 +467,20 @@ def _remove_duplicates(work: _Pass) -> None:
     # System prompts and labels repeat across rows: normalise each distinct text once.
     keys: dict[str, str] = {}
     first_of: dict[tuple[int, str], _Row] = {}
-    exact_seen: set[tuple[Any, ...]] = set()
+    seen: dict[tuple[str, str], int] = {}  # the line of each distinct (normalised) row
     answers_in_group: dict[int, dict[str, int]] = defaultdict(dict)
 
     for row, group, prompt_key in zip(rows, groups, prompt_keys, strict=True):
         row.group = group
         row.prompt_key = prompt_key
-        key = (group, _copy_key(row, keys))
-        exact = _exact_key(row)
-        if exact in exact_seen:
-            first = first_of[key]
-            work.problems.append(EXACT_DUPLICATE.at(row.line, "$", f"copy of line {first.line}"))
+        copy = _copy_key(row, keys)
+        key = (group, copy)
+        original = seen.setdefault((prompt_key, copy), row.line)
+        if original != row.line:
+            message = f"copy of line {original} (case, spacing and punctuation aside)"
+            work.problems.append(EXACT_DUPLICATE.at(row.line, "$", message))
             work.drop(row, "duplicate")
             continue
-        exact_seen.add(exact)
 
         if key in first_of and work.options.near_duplicates == "drop":
             message = f"near copy of line {first_of[key].line}"
@@ -485,7 +488,7 @@ def _remove_duplicates(work: _Pass) -> None:
             work.drop(row, "near_duplicate")
             continue
         first_of.setdefault(key, row)
-        answers_in_group[group].setdefault(key[1], row.line)
+        answers_in_group[group].setdefault(copy, row.line)
 
     _report_conflicts(work, answers_in_group)
 
@@ -513,17 +516,6 @@ def _common_prefix(texts: list[str]) -> int:
         if a != b:
             return index
     return len(first)
-
-
-def _exact_key(row: _Row) -> tuple[Any, ...]:
-    tools = row.conversation.get("tools")
-    return (
-        json.dumps(tools, sort_keys=True) if tools else None,
-        *(
-            (m["role"], m.get("content"), json.dumps(m["tool_calls"]) if "tool_calls" in m else "")
-            for m in row.messages
-        ),
-    )
 
 
 def _prompt_text(row: _Row) -> str:

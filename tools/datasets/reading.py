@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from turing.tools.datasets.problems import Problem, define
 from turing.tools.errors import InvalidInputError
@@ -60,8 +60,7 @@ CSV_WRONG_CELL_COUNT = define(
 )
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """One record of the file: its parsed value and the physical line it starts on (1-based)."""
 
     line: int

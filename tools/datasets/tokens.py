@@ -146,6 +146,10 @@ class TokenCounter:
         if not trained:
             text = self.template.render(messages, tools=tools)
             return text, (len(text), len(text))
+        if trained == [len(messages) - 1]:
+            found = self._render_final_answer(messages, tools)
+            if found is not None:
+                return found
         marked = self._render_marked(messages, tools, trained[0], trained[-1])
         if marked is not None:
             return marked
@@ -154,6 +158,21 @@ class TokenCounter:
         pieces = self.template.split_turns(messages, tools)
         text = self.template.render(messages, tools=tools)
         return text, (len(pieces[0][0]), sum(len(p) + len(a) for p, a in pieces))
+
+    def _render_final_answer(
+        self, messages: list[dict[str, Any]], tools: Any
+    ) -> tuple[str, tuple[int, int]] | None:
+        """The common case, one answer at the end: its text and end-of-turn close the render."""
+        content = messages[-1].get("content")
+        if not isinstance(content, str) or not content or messages[-1].get("tool_calls"):
+            return None
+        text = self.template.render(messages, tools=tools)
+        closed = content + self.template.end_of_turn
+        start = text.rfind(closed)
+        # Anything after the answer must be template furniture, not more conversation.
+        if start < 0 or len(text) - start - len(closed) > len(self.template.end_of_turn) + 2:
+            return None
+        return text, (start, start + len(closed))
 
     def _render_marked(
         self, messages: list[dict[str, Any]], tools: Any, first: int, last: int

@@ -358,26 +358,30 @@ def test_token_lengths_follow_the_chat_template_and_the_weights(
 # --- cleaning and safety -------------------------------------------------------------------
 
 
-def test_exact_and_near_copies_are_dropped_and_conflicts_reported(tmp_path: Path) -> None:
+def test_copies_near_copies_and_conflicts_are_told_apart(tmp_path: Path) -> None:
+    question = "my new card has still not arrived after three weeks of waiting, what now"
     rows = labelled_rows(4)
     rows += [
-        rows[0],  # exact copy
-        chat(rows[1]["messages"][0]["content"].upper() + "!!", "yes"),  # near copy
-        chat(rows[2]["messages"][0]["content"], "no"),  # same prompt, other answer
+        chat(question, "yes"),  # line 13
+        rows[0],  # line 14: an exact copy of line 1
+        chat(question.upper() + "!!", "yes"),  # line 15: a copy once case is set aside
+        chat(question.replace("waiting", "waitng"), "yes"),  # line 16: a near copy (typo)
+        chat(rows[2]["messages"][0]["content"], "no"),  # line 17: same prompt, other answer
     ]
     path = write(tmp_path, "dups.jsonl", jsonl(rows))
 
     prepared = prepare(path)
     kept_near = prepare(path, near_duplicates="keep")
 
-    assert prepared.report["rows"]["dropped"] == {"duplicate": 1, "near_duplicate": 1}
-    assert {code for code, _ in problem_lines(prepared)} == {
-        "duplicate",
-        "near_duplicate",
-        "conflicting_answers",
+    assert prepared.report["rows"]["dropped"] == {"duplicate": 2, "near_duplicate": 1}
+    assert problem_lines(prepared) == {
+        ("duplicate", 14),
+        ("duplicate", 15),
+        ("near_duplicate", 16),
+        ("conflicting_answers", 3),
+        ("conflicting_answers", 17),
     }
-    assert ("conflicting_answers", 15) in problem_lines(prepared)
-    assert kept_near.report["rows"]["dropped"] == {"duplicate": 1}
+    assert kept_near.report["rows"]["dropped"] == {"duplicate": 2}
 
 
 def test_near_duplicates_never_straddle_the_split(tmp_path: Path) -> None:
