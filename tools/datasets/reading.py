@@ -227,29 +227,51 @@ def _choose_container(path: Path, text: str, records_path: str | None) -> str:
 
 def _read_jsonl(text: str) -> ReadResult:
     result = ReadResult(container="jsonl")
-    starts = _line_starts(text)
     lines = text.split("\n")  # not splitlines: U+2028 may sit inside a JSON string
     if lines[-1] == "":
         lines.pop()  # a final newline ends the last line and opens none
+    numbers = [number for number, line in enumerate(lines, start=1) if line.strip()]
+    result.blank_lines = len(lines) - len(numbers)
 
-    number = 0
-    while number < len(lines):
-        line = lines[number].removesuffix("\r")
-        number += 1
-        if not line.strip():
-            result.blank_lines += 1
-            continue
+    values = _parse_all_at_once([lines[number - 1] for number in numbers])
+    if values is None:
+        _parse_line_by_line(text, lines, numbers, result)
+        return result
+    escaped = "\\u" in text
+    for number, value in zip(numbers, values, strict=True):
+        _add_record(result, number, value, escaped and "\\u" in lines[number - 1])
+    return result
+
+
+def _parse_all_at_once(lines: list[str]) -> list[Any] | None:
+    """Every line's value from one parse of them all as an array, or None if any is broken."""
+    try:
+        values = json.loads("[" + ",".join(lines) + "]")
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    # A line holding "1, 2" parses as two values: then only line by line can say which is which.
+    return values if len(values) == len(lines) else None
+
+
+def _parse_line_by_line(
+    text: str, lines: list[str], numbers: list[int], result: ReadResult
+) -> None:
+    starts = _line_starts(text)
+    skip_to = 0
+    for number in numbers:
+        if number <= skip_to:
+            continue  # a line of a record spread over several, already reported
+        line = lines[number - 1].removesuffix("\r")
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             problem, consumed = _diagnose_line(text, starts, number, line, exc)
             result.problems.append(problem)
-            number += consumed
+            skip_to = number + consumed
         except RecursionError:
             result.problems.append(INVALID_JSON.at(number, "$", "nested too deeply to read"))
         else:
             _add_record(result, number, value, "\\u" in line)
-    return result
 
 
 def _add_record(result: ReadResult, line: int, value: Any, escaped: bool) -> None:
