@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -1298,3 +1299,22 @@ def test_the_codes_of_this_module_avoid_the_names_the_reader_owns() -> None:
     assert len(names) >= 30
     assert not RESERVED_NAMES.intersection(names)
     assert not [name for name in names if name.startswith(RESERVED_PREFIXES)]
+
+
+def test_the_fast_path_for_plain_chat_gives_what_the_full_checks_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(0)
+    records = []
+    for _ in range(300):
+        turns = [system(rng.choice(["be brief", " be kind "]))] if rng.random() < 0.5 else []
+        for _ in range(rng.randint(1, 3)):
+            turns += [user(rng.choice(["q", " q ", "a\nb"])), assistant(rng.choice(["a", "b "]))]
+        records.append(chat(*turns))
+    fast = [normalize_record(record, "openai_chat", 1) for record in records]
+
+    monkeypatch.setattr(formats, "_plain_chat", lambda value: None)
+    full = [normalize_record(record, "openai_chat", 1) for record in records]
+
+    assert fast == full
+    assert all(problems == [] for _, problems in fast)
