@@ -360,8 +360,15 @@ def _screen_pii(work: _Pass) -> None:
     for row in work.live():
         found: Counter[str] = Counter()
         for index, message in enumerate(row.messages):
-            if message.get("content") in clean and "tool_calls" not in message:
-                continue  # the common case, without the cost of a screening call
+            content = message.get("content")
+            if "tool_calls" not in message and isinstance(content, str):
+                # The common case, plain text, without the cost of the general screening call.
+                if content in clean:
+                    continue
+                if not pii.find_pii(content):
+                    if len(content) <= MAX_REMEMBERED_CHARS:
+                        clean.add(content)
+                    continue
             kinds = _screen_message(message, policy == "redact", clean)
             if kinds:
                 found.update(kinds)
