@@ -528,11 +528,12 @@ def _common_prefix(texts: list[str]) -> int:
 def _prompt_text(row: _Row) -> str:
     # What the user side says; the system prompt is left out, as one shared instruction would
     # make every row look alike, and so are the answers, which are what may conflict.
-    return "\n".join(
-        str(message.get("content") or "")
+    said = [
+        message.get("content") or ""
         for message in row.messages
-        if message["role"] in ("user", "tool")
-    )
+        if message["role"] == "user" or message["role"] == "tool"
+    ]
+    return said[0] if len(said) == 1 else "\n".join(said)
 
 
 def _copy_key(row: _Row, keys: dict[str, str]) -> str:
