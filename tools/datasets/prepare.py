@@ -9,6 +9,7 @@ is collected before the on_error policy decides; nothing here touches the regist
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -121,16 +122,22 @@ class _Row:
     """A record on its way through the pipeline."""
 
     line: int
+    record: int | None  # its number in a JSON document, whose records may share a line
     conversation: dict[str, Any]
     dropped: str | None = None  # the reason, once a stage drops it
     group: int = 0  # rows of one prompt group stay on one side of the split
     prompt_key: str = ""  # the prompt, normalised: where the row falls in the split
+    copy_key: str = ""  # its system text, tools and answers, normalised
     label: str | None = None
     lengths: TokenLengths | None = None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
         return self.conversation["messages"]
+
+    @property
+    def where(self) -> str:
+        return f"line {self.line}" + (f", record {self.record}" if self.record else "")
 
 
 @dataclass
@@ -280,12 +287,16 @@ def _choose_format(path: Path, read: ReadResult, options: PrepareOptions) -> str
 
 def _normalise_records(work: _Pass) -> None:
     columns = work.options.columns
-    for record in work.read.records:
+    numbered = work.read.container == "json"  # a minified document has every record on line 1
+    for index, record in enumerate(work.read.records, start=1):
         conversation, problems = formats.normalize_record(
             record.value, work.format, record.line, columns=columns
         )
+        number = index if numbered else None
+        if numbered:
+            problems = [dataclasses.replace(problem, record=number) for problem in problems]
         work.problems += problems
-        row = _Row(record.line, conversation or {"messages": []})
+        row = _Row(record.line, number, conversation or {"messages": []})
         work.rows.append(row)
         if conversation is None:
             work.drop(row, next(problem.code for problem in problems if is_error(problem)))
@@ -374,14 +385,16 @@ def _screen_pii(work: _Pass) -> None:
                 found.update(kinds)
                 listed = ", ".join(sorted(set(kinds)))
                 path = f"$.messages[{index}]"
-                work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})"))
+                work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})", row.record))
         tools = row.conversation.get("tools")
         if tools:
             kinds = _screen_tools(row.conversation, policy == "redact", clean)
             if kinds:
                 found.update(kinds)
                 listed = ", ".join(sorted(set(kinds)))
-                work.problems.append(PII_FOUND.at(row.line, "$.tools", f"{listed} ({done})"))
+                work.problems.append(
+                    PII_FOUND.at(row.line, "$.tools", f"{listed} ({done})", row.record)
+                )
         if found:
             work.pii_counts.update(found)
             if policy == "drop":
@@ -452,7 +465,7 @@ def _screen_harm(work: _Pass) -> None:
         work.harm_counts.update(categories)
         action = "row dropped" if work.options.harmful == "drop" else "flagged"
         message = f"asks for harmful content: {', '.join(categories)} ({action})"
-        work.problems.append(HARMFUL_REQUEST.at(row.line, "$.messages", message))
+        work.problems.append(HARMFUL_REQUEST.at(row.line, "$.messages", message, row.record))
         if work.options.harmful == "drop":
             work.drop(row, "harmful_request")
 
@@ -474,28 +487,28 @@ def _remove_duplicates(work: _Pass) -> None:
     # System prompts and labels repeat across rows: normalise each distinct text once.
     keys: dict[str, str] = {}
     first_of: dict[tuple[int, str], _Row] = {}
-    seen: dict[tuple[str, str], int] = {}  # the line of each distinct (normalised) row
-    answers_in_group: dict[int, dict[str, int]] = defaultdict(dict)
+    seen: dict[tuple[str, str], _Row] = {}  # the first of each distinct (normalised) row
+    answers_in_group: dict[int, dict[str, _Row]] = defaultdict(dict)
 
     for row, group, prompt_key in zip(rows, groups, prompt_keys, strict=True):
         row.group = group
         row.prompt_key = prompt_key
-        copy = _copy_key(row, keys)
+        copy = row.copy_key = _copy_key(row, keys)
         key = (group, copy)
-        original = seen.setdefault((prompt_key, copy), row.line)
-        if original != row.line:
-            message = f"copy of line {original} (case, spacing and punctuation aside)"
-            work.problems.append(EXACT_DUPLICATE.at(row.line, "$", message))
+        original = seen.setdefault((prompt_key, copy), row)
+        if original is not row:
+            message = f"copy of {original.where} (case, spacing and punctuation aside)"
+            work.problems.append(EXACT_DUPLICATE.at(row.line, "$", message, row.record))
             work.drop(row, "duplicate")
             continue
 
         if key in first_of and work.options.near_duplicates == "drop":
-            message = f"near copy of line {first_of[key].line}"
-            work.problems.append(NEAR_DUPLICATE.at(row.line, "$", message))
+            message = f"near copy of {first_of[key].where}"
+            work.problems.append(NEAR_DUPLICATE.at(row.line, "$", message, row.record))
             work.drop(row, "near_duplicate")
             continue
         first_of.setdefault(key, row)
-        answers_in_group[group].setdefault(copy, row.line)
+        answers_in_group[group].setdefault(copy, row)
 
     _report_conflicts(work, answers_in_group)
 
@@ -552,18 +565,16 @@ def _copy_key(row: _Row, keys: dict[str, str]) -> str:
     return "\0".join(keys[part] for part in parts)
 
 
-def _report_conflicts(work: _Pass, answers_in_group: dict[int, dict[str, int]]) -> None:
-    conflicted = {group: lines for group, lines in answers_in_group.items() if len(lines) > 1}
+def _report_conflicts(work: _Pass, answers_in_group: dict[int, dict[str, _Row]]) -> None:
+    conflicted = {group: rows for group, rows in answers_in_group.items() if len(rows) > 1}
     for row in work.live():
-        lines = conflicted.get(row.group)
-        if lines is None:
+        rows = conflicted.get(row.group)
+        if rows is None:
             continue
-        others = sorted(line for line in lines.values() if line != row.line)
-        shown = ", ".join(map(str, others[:5])) + (" ..." if len(others) > 5 else "")
-        message = (
-            f"the same prompt has a different answer, system prompt or tools on line(s) {shown}"
-        )
-        work.problems.append(CONFLICTING_ANSWERS.at(row.line, "$", message))
+        others = [other.where for copy, other in rows.items() if copy != row.copy_key]
+        shown = "; ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        message = f"the same prompt has a different answer, system prompt or tools at {shown}"
+        work.problems.append(CONFLICTING_ANSWERS.at(row.line, "$", message, row.record))
 
 
 # --- tokens --------------------------------------------------------------------------------
@@ -574,18 +585,32 @@ def _find_special_tokens(work: _Pass, counter: TokenCounter) -> None:
     if pattern is None:
         return
     for row in work.live():
-        for index, message in enumerate(row.messages):
-            content = message.get("content")
-            found = pattern.search(content) if isinstance(content, str) else None
+        for path, text in _texts_for_the_model(row):
+            found = pattern.search(text)
             if found is None:
                 continue
             token = found.group()
             code = CONTROL_TOKEN if counter.is_structural(token) else SPECIAL_TOKEN
-            message_text = f"holds {token!r}, a special token of the base model's tokenizer"
-            work.problems.append(code.at(row.line, f"$.messages[{index}].content", message_text))
+            message = f"holds {token!r}, a special token of the base model's tokenizer"
+            work.problems.append(code.at(row.line, path, message, row.record))
             if code is CONTROL_TOKEN:
                 work.drop(row, CONTROL_TOKEN.name)
                 break
+
+
+def _texts_for_the_model(row: _Row) -> list[tuple[str, str]]:
+    """(path, text) of everything of a row that is rendered into the model's input."""
+    texts = [
+        (f"$.messages[{index}].content", message["content"])
+        for index, message in enumerate(row.messages)
+        if isinstance(message.get("content"), str)
+    ]
+    for index, message in enumerate(row.messages):
+        for number, call in enumerate(message.get("tool_calls") or ()):
+            texts.append((f"$.messages[{index}].tool_calls[{number}]", json.dumps(call)))
+    if row.conversation.get("tools"):
+        texts.append(("$.tools", json.dumps(row.conversation["tools"])))
+    return texts
 
 
 def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
@@ -594,7 +619,7 @@ def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
     limit = work.options.max_seq_len
     for row, lengths in zip(rows, counter.measure([row.conversation for row in rows]), strict=True):
         if isinstance(lengths, str):
-            work.problems.append(TEMPLATE_ERROR.at(row.line, "$.messages", lengths))
+            work.problems.append(TEMPLATE_ERROR.at(row.line, "$.messages", lengths, row.record))
             work.drop(row, TEMPLATE_ERROR.name)
             continue
         row.lengths = lengths
@@ -603,7 +628,7 @@ def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
                 f"the prompt alone is {lengths.before_answer} tokens, so max_seq_len={limit} "
                 "leaves no answer token"
             )
-            work.problems.append(PROMPT_TOO_LONG.at(row.line, "$.messages", message))
+            work.problems.append(PROMPT_TOO_LONG.at(row.line, "$.messages", message, row.record))
             work.drop(row, PROMPT_TOO_LONG.name)
         elif lengths.total > limit:
             cut = lengths.total - limit
@@ -612,7 +637,7 @@ def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
                 f"{lengths.total} tokens: the last {cut} tokens of the answer fall beyond "
                 f"max_seq_len={limit} ({action})"
             )
-            work.problems.append(ANSWER_TRUNCATED.at(row.line, "$.messages", message))
+            work.problems.append(ANSWER_TRUNCATED.at(row.line, "$.messages", message, row.record))
             if work.options.on_truncation == "drop":
                 work.drop(row, ANSWER_TRUNCATED.name)
 
@@ -620,7 +645,19 @@ def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
 # --- policy --------------------------------------------------------------------------------
 
 
+def _redact_problem_messages(work: _Pass) -> None:
+    """Problem messages quote values from the file; personal data in them is masked too."""
+    if work.options.pii == "keep":
+        return
+    for index, problem in enumerate(work.problems):
+        matches = pii.find_pii(problem.message)
+        if matches:
+            message = pii.redact_pii(problem.message, matches)
+            work.problems[index] = dataclasses.replace(problem, message=message)
+
+
 def _enforce_policy(path: Path, work: _Pass) -> None:
+    _redact_problem_messages(work)
     errors = [problem for problem in work.problems if is_error(problem)]
     examples = work.options.examples_per_problem
     if errors and work.options.on_error == "reject":

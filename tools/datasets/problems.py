@@ -33,9 +33,12 @@ class Problem:
     path: str
     message: str
     hint: str
+    record: int | None = None  # 1-based, for records of a JSON document: several share a line
 
     def __str__(self) -> str:
         where = "file" if self.line is None else f"line {self.line}"
+        if self.record is not None:
+            where += f", record {self.record}"
         return f"{where}, {self.path}: {self.message} [{self.code}]; fix: {self.hint}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,9 +54,9 @@ class Code:
     severity: Severity
     hint: str
 
-    def at(self, line: int | None, path: str, message: str) -> Problem:
-        """A problem of this kind at `line` and JSON `path`, with a specific message."""
-        return Problem(self.name, self.severity, line, path, message, self.hint)
+    def at(self, line: int | None, path: str, message: str, record: int | None = None) -> Problem:
+        """A problem of this kind at `line` (and `record`) and JSON `path`, with a message."""
+        return Problem(self.name, self.severity, line, path, message, self.hint, record)
 
 
 def define(name: str, severity: Severity, hint: str) -> Code:
@@ -75,7 +78,7 @@ def group_problems(problems: Iterable[Problem], examples: int) -> dict[str, dict
 
     Codes are ordered errors first, then by the line of their first occurrence.
     """
-    problems = sorted(problems, key=lambda problem: (problem.line or 0, problem.path))
+    problems = sorted(problems, key=lambda p: (p.line or 0, p.record or 0, p.path))
     counts = Counter(problem.code for problem in problems)
     first_line: dict[str, int] = {}
     for problem in problems:
@@ -83,9 +86,10 @@ def group_problems(problems: Iterable[Problem], examples: int) -> dict[str, dict
     shown: dict[str, list[dict[str, Any]]] = {code: [] for code in counts}
     for problem in problems:
         if len(shown[problem.code]) < examples:
-            shown[problem.code].append(
-                {"line": problem.line, "path": problem.path, "message": problem.message}
-            )
+            example = {"line": problem.line, "path": problem.path, "message": problem.message}
+            if problem.record is not None:
+                example["record"] = problem.record
+            shown[problem.code].append(example)
 
     def order(code: str) -> tuple[int, int, str]:
         return (0 if CODES[code].severity == "error" else 1, first_line[code], code)

@@ -48,11 +48,6 @@ INVALID_UNICODE = define(
     "error",
     "write the whole character: an emoji escape needs both halves, e.g. \\ud83d\\ude00",
 )
-CSV_BAD_QUOTES = define(
-    "csv_bad_quotes",
-    "error",
-    'close the quoted cell; write a double quote inside a quoted cell as two ("")',
-)
 CSV_WRONG_CELL_COUNT = define(
     "csv_wrong_cell_count",
     "error",
@@ -180,8 +175,10 @@ def _stray_bytes(data: bytes) -> int:
     return broken if accented >= 10 * broken else 0
 
 
-# Single-byte encodings so alike on ordinary text that a guess between them is a coin toss.
-_LATIN_FAMILY = ("cp125", "iso8859", "latin", "mac")
+# Single-byte encodings so alike on short or ordinary text that a guess between them is a coin
+# toss; the multi-byte code pages of East Asia are told apart reliably.
+_SINGLE_BYTE = ("cp", "iso8859", "latin", "mac", "koi8")
+_MULTI_BYTE = ("cp932", "cp936", "cp949", "cp950")
 
 
 def _guess_encoding(data: bytes) -> str:
@@ -191,7 +188,7 @@ def _guess_encoding(data: bytes) -> str:
     if best is None:
         return "binary data or an unknown encoding"
     name = best.encoding.replace("_", "-")
-    if name.startswith(_LATIN_FAMILY) and name != "cp1252":
+    if name.startswith(_SINGLE_BYTE) and not name.startswith(_MULTI_BYTE) and name != "cp1252":
         return f"cp1252 or another single-byte encoding (the closest guess is {name})"
     return name
 
@@ -218,8 +215,7 @@ def _choose_container(path: Path, text: str, records_path: str | None) -> str:
     except (json.JSONDecodeError, RecursionError):
         return "jsonl"  # several records, or broken ones: JSON lines reports them line by line
     # One object: a single record is a JSON lines file of one line; anything else holds records.
-    is_record = isinstance(document, dict) and any(key in document for key in RECORD_KEYS)
-    return "jsonl" if is_record and "\n" not in text.strip() else "json"
+    return "jsonl" if _looks_like_record(document) and "\n" not in text.strip() else "json"
 
 
 # --- JSON lines ----------------------------------------------------------------------------
@@ -244,13 +240,21 @@ def _read_jsonl(text: str) -> ReadResult:
 
 
 def _parse_all_at_once(lines: list[str]) -> list[Any] | None:
-    """Every line's value from one parse of them all as an array, or None if any is broken."""
+    """Every line's value from one parse of them all as an array, or None if any is broken.
+
+    Only lines that each open and close an object qualify, and only if every value comes back
+    an object, one per line; anything else (a record spread over lines, two on one line) is
+    left to the line-by-line reader, which says where the trouble is.
+    """
+    if not all(line.lstrip()[:1] == "{" and line.rstrip()[-1:] == "}" for line in lines):
+        return None
     try:
         values = json.loads("[" + ",".join(lines) + "]")
     except (json.JSONDecodeError, RecursionError):
         return None
-    # A line holding "1, 2" parses as two values: then only line by line can say which is which.
-    return values if len(values) == len(lines) else None
+    if len(values) != len(lines) or not all(isinstance(value, dict) for value in values):
+        return None
+    return values
 
 
 def _parse_line_by_line(
@@ -358,7 +362,18 @@ def _read_json_document(path: Path, text: str, records_path: str | None) -> Read
     return result
 
 
-RECORD_KEYS = ("messages", "conversations", "instruction", "prompt", "text")
+# Keys that make an object one record of a known format, rather than a holder of records.
+RECORD_SHAPES = (
+    {"messages"},
+    {"conversations"},
+    {"instruction", "output"},
+    {"prompt", "completion"},
+    {"text", "label"},
+)
+
+
+def _looks_like_record(document: Any) -> bool:
+    return isinstance(document, dict) and any(shape <= document.keys() for shape in RECORD_SHAPES)
 
 
 def _records_keys(path: Path, document: Any, records_path: str | None) -> list[str]:
@@ -376,7 +391,7 @@ def _records_keys(path: Path, document: Any, records_path: str | None) -> list[s
     if isinstance(document, list):
         return []
     if isinstance(document, dict):
-        if any(key in document for key in RECORD_KEYS):
+        if _looks_like_record(document):
             raise InvalidInputError(
                 f"{path} holds a single record spread over several lines; put one record per "
                 "line (JSON lines) or wrap the records in one JSON array"
@@ -492,15 +507,16 @@ def _read_csv(path: Path, text: str) -> ReadResult:
         except StopIteration:
             break
         except csv.Error as exc:
+            # After broken quoting the reader cannot tell where the next row starts, so no row
+            # after it can be trusted: the file is refused rather than partly stored.
             if "end of data" in str(exc):
-                # The quote never closes: every later row is inside it, so nothing is usable.
-                raise InvalidInputError(
-                    f"{path}, line {start}: a quoted cell opened here never closes, so the rest "
-                    'of the file reads as one cell; close the quote (write "" for a quote inside '
-                    "a quoted cell)"
-                ) from exc
-            message = f"cannot be read as CSV: {exc}"
-            result.problems.append(CSV_BAD_QUOTES.at(start, "$", message))
+                reason = "a quoted cell opened here never closes, so the rest of the file is in it"
+            else:
+                reason = f"the quoting breaks here ({exc}), so later rows cannot be told apart"
+            raise InvalidInputError(
+                f"{path}, line {start}: {reason}; close the quote, and write a quote inside a "
+                'quoted cell as two ("")'
+            ) from exc
         else:
             _add_csv_row(result, start, header, cells)
         start = reader.line_num + 1

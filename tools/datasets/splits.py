@@ -59,8 +59,6 @@ def _quotas(sizes: dict[str, int], fraction: float) -> dict[str, int]:
     """Validation rows per stratum, proportional, by largest remainder, keeping one train row."""
     total = sum(sizes.values())
     target = math.floor(total * fraction + 1e-9)  # never more than the fraction asked for
-    if fraction > 0 and total >= 2:
-        target = max(target, 1)
 
     eligible = {name: size for name, size in sizes.items() if size >= 2}
     quotas = {name: 0 for name in sizes}

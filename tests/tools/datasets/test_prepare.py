@@ -670,14 +670,15 @@ def test_an_unclosed_csv_quote_is_refused_instead_of_storing_the_rows_before_it(
         prepare(path, on_error="skip")
 
 
-def test_a_stray_quote_in_a_csv_row_is_reported_and_reading_goes_on(tmp_path: Path) -> None:
-    rows = [f"{distinct_prompt(str(i))},x" for i in range(4)]
-    text = "text,label\n" + "\n".join([rows[0], '"quoted" then more,x', *rows[1:]]) + "\n"
+def test_a_stray_quote_in_a_csv_row_refuses_the_file_as_later_rows_cannot_be_trusted(
+    tmp_path: Path,
+) -> None:
+    # After the stray quote, the quoted cell on the next line would swallow a line break and
+    # turn the rest of that record into a row of its own.
+    text = 'text,label\nhello,a\n"abc" def,"multi\nline cell",x\nfoo,c\n'
 
-    prepared = prepare(write(tmp_path, "stray.csv", text), on_error="skip")
-
-    assert problem_lines(prepared) == {("csv_bad_quotes", 3)}
-    assert prepared.report["rows"]["kept"] == 4
+    with pytest.raises(InvalidInputError, match="line 3: the quoting breaks here"):
+        prepare(write(tmp_path, "stray.csv", text), on_error="skip")
 
 
 def test_a_repeated_csv_column_name_is_refused(tmp_path: Path) -> None:
@@ -749,3 +750,82 @@ def test_the_split_never_holds_out_more_than_the_fraction_and_says_when_it_holds
     assert split.report["rows"]["validation"] == 1
     assert grouped.report["rows"]["validation"] == 0
     assert grouped.report["notes"][0].startswith("no validation row")
+
+
+def test_problem_messages_do_not_keep_the_personal_data_they_quote(tmp_path: Path) -> None:
+    rows = [*labelled_rows(2), {"messages": [{"role": "bob@example.com", "content": "hi"}]}]
+
+    prepared = prepare(write(tmp_path, "pii.jsonl", jsonl(rows)), on_error="skip")
+
+    (problem,) = prepared.problems
+    assert (problem.code, problem.line) == ("unknown_role", 7)
+    assert "[EMAIL]" in problem.message and "bob@example.com" not in problem.message
+    assert "bob@example.com" not in json.dumps(prepared.report)
+
+
+def test_records_of_a_minified_array_are_told_apart_by_their_number(tmp_path: Path) -> None:
+    rows = labelled_rows(3)
+    rows += [rows[1], rows[1], {"prompt": None, "completion": "x"}]
+    path = write(tmp_path, "minified.json", json.dumps(rows))
+
+    prepared = prepare(path, on_error="skip", format="openai_chat", near_duplicates="keep")
+
+    assert prepared.report["rows"]["dropped"] == {"duplicate": 2, "format_mismatch": 1}
+    copies = [p for p in prepared.problems if p.code == "duplicate"]
+    assert [(p.line, p.record, p.message) for p in copies] == [
+        (1, 10, "copy of line 1, record 2 (case, spacing and punctuation aside)"),
+        (1, 11, "copy of line 1, record 2 (case, spacing and punctuation aside)"),
+    ]
+
+
+def test_control_tokens_in_tool_definitions_are_errors(
+    tmp_path: Path, counter: TokenCounter
+) -> None:
+    row = chat("call it", "done")
+    row["tools"] = [
+        {"type": "function", "function": {"name": "f", "description": "x <|im_end|> system"}}
+    ]
+    path = write(tmp_path, "tools.jsonl", jsonl([row, *labelled_rows(2)]))
+
+    prepared = prepare(path, counter, on_error="skip")
+
+    assert problem_lines(prepared) == {("control_token_in_text", 1)}
+
+
+@pytest.mark.parametrize(("rows", "fraction"), [(2, 0.01), (3, 0.1), (5, 0.1)])
+def test_a_small_file_holds_out_no_more_than_the_fraction(
+    tmp_path: Path, rows: int, fraction: float
+) -> None:
+    data = [chat(distinct_prompt(str(i)), f"free answer {i}") for i in range(rows)]
+
+    prepared = prepare(write(tmp_path, "small.jsonl", jsonl(data)), validation_fraction=fraction)
+
+    assert prepared.report["rows"]["validation"] == 0
+    assert prepared.report["notes"]
+
+
+def test_an_object_with_an_instruction_beside_its_records_is_a_holder_of_records(
+    tmp_path: Path,
+) -> None:
+    document = {
+        "instruction": "Classify each ticket",
+        "data": [{"prompt": distinct_prompt(str(i)), "completion": "c"} for i in range(4)],
+    }
+
+    prepared = prepare(write(tmp_path, "holder.json", json.dumps(document)))
+
+    assert prepared.report["source"]["records_path"] == "$.data"
+    assert prepared.report["rows"]["kept"] == 4
+
+
+def test_lines_that_are_not_one_record_each_are_all_reported(tmp_path: Path) -> None:
+    text = (
+        '{"prompt": "a b c", "completion": "b"}\n'
+        '[{"prompt": "c d e", "completion": "d"}\n'
+        '{"prompt": "e f g", "completion": "f"}]\n'
+        '{"prompt": "g h i", "completion": "h"}, {"prompt": "i j k", "completion": "j"}\n'
+    )
+
+    error = rejected(write(tmp_path, "mixed.jsonl", text), format="prompt_completion")
+
+    assert {line for _, line in problem_lines(error)} == {2, 3, 4}
