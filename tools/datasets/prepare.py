@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -585,10 +586,7 @@ def _find_special_tokens(work: _Pass, counter: TokenCounter) -> None:
     if pattern is None:
         return
     for row in work.live():
-        for path, text in _texts_for_the_model(row):
-            found = pattern.search(text)
-            if found is None:
-                continue
+        for path, found in _special_tokens_in(row, pattern):
             token = found.group()
             code = CONTROL_TOKEN if counter.is_structural(token) else SPECIAL_TOKEN
             message = f"holds {token!r}, a special token of the base model's tokenizer"
@@ -598,19 +596,23 @@ def _find_special_tokens(work: _Pass, counter: TokenCounter) -> None:
                 break
 
 
-def _texts_for_the_model(row: _Row) -> list[tuple[str, str]]:
-    """(path, text) of everything of a row that is rendered into the model's input."""
-    texts = [
-        (f"$.messages[{index}].content", message["content"])
-        for index, message in enumerate(row.messages)
-        if isinstance(message.get("content"), str)
-    ]
+def _special_tokens_in(row: _Row, pattern: re.Pattern[str]) -> list[tuple[str, re.Match[str]]]:
+    """(path, match) of special tokens in whatever of the row is rendered for the model."""
+    found = []
     for index, message in enumerate(row.messages):
+        content = message.get("content")
+        match = pattern.search(content) if isinstance(content, str) else None
+        if match is not None:
+            found.append((f"$.messages[{index}].content", match))
         for number, call in enumerate(message.get("tool_calls") or ()):
-            texts.append((f"$.messages[{index}].tool_calls[{number}]", json.dumps(call)))
+            match = pattern.search(json.dumps(call))
+            if match is not None:
+                found.append((f"$.messages[{index}].tool_calls[{number}]", match))
     if row.conversation.get("tools"):
-        texts.append(("$.tools", json.dumps(row.conversation["tools"])))
-    return texts
+        match = pattern.search(json.dumps(row.conversation["tools"]))
+        if match is not None:
+            found.append(("$.tools", match))
+    return found
 
 
 def _measure_tokens(work: _Pass, counter: TokenCounter) -> None:
