@@ -211,7 +211,7 @@ def prepare_dataset(
     # Split and report
     kept = work.live()
     train, validation = _split(kept, labels is not None, options)
-    work.problems.sort(key=lambda problem: (problem.line or 0, problem.path))
+    work.problems.sort(key=lambda problem: (problem.line or 0, problem.record or 0, problem.path))
     clock.lap("split")
     report = _build_report(path, sha256, work, labels, train, validation, counter)
     report["seconds"] = clock.laps
@@ -765,7 +765,7 @@ def _label_report(
     if labels is None:
         return None
     return {
-        "count": len(labels),
+        "count": len({row.label for row in train + validation}),
         "train": _counts(row.label or "" for row in train),
         "validation": _counts(row.label or "" for row in validation),
     }
