@@ -278,6 +278,12 @@ def _choose_format(path: Path, read: ReadResult, options: PrepareOptions) -> str
             f"{path} is CSV with columns {', '.join(map(repr, read.columns or []))}; pass "
             'columns to say which gives each turn, e.g. {"user": "text", "assistant": "label"}'
         )
+    if not any(isinstance(value, dict) for value in sample):
+        kind = type(sample[0]).__name__ if sample else "nothing"
+        raise InvalidInputError(
+            f"{path}: the records are not objects (the first is a {kind}); each record must be "
+            'an object such as {"messages": [...]} or {"prompt": ..., "completion": ...}'
+        )
     keys = sorted({key for value in sample if isinstance(value, dict) for key in value})
     listed = ", ".join(map(repr, keys[:20])) or "(none)"
     raise InvalidInputError(

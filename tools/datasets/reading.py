@@ -119,6 +119,10 @@ def read_records(
         raise InvalidInputError(f"{path} is empty; it needs at least one record")
 
     chosen = _choose_container(path, text, records_path) if container == "auto" else container
+    if chosen == "csv" and records_path:
+        raise InvalidInputError(
+            f"{path} is CSV; records_path only applies to a JSON document, so leave it out"
+        )
     if chosen == "csv":
         result = _read_csv(path, text)
     elif chosen == "json":
@@ -344,6 +348,11 @@ def _read_json_document(path: Path, text: str, records_path: str | None) -> Read
     except RecursionError as exc:
         raise InvalidInputError(f"{path} is nested too deeply to read as JSON") from exc
     except json.JSONDecodeError as exc:
+        if records_path and path.suffix.lower() == ".jsonl":
+            raise InvalidInputError(
+                f"{path} is JSON lines, but records_path only applies to a file that is one "
+                "JSON document; leave records_path out"
+            ) from exc
         raise InvalidInputError(
             f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
             "a JSON file must be one array of records (or an object holding one), and JSON "

@@ -829,3 +829,19 @@ def test_lines_that_are_not_one_record_each_are_all_reported(tmp_path: Path) -> 
     error = rejected(write(tmp_path, "mixed.jsonl", text), format="prompt_completion")
 
     assert {line for _, line in problem_lines(error)} == {2, 3, 4}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "options", "named"),
+    [
+        ("rows.jsonl", jsonl(labelled_rows(1)), {"records_path": "data"}, "is JSON lines"),
+        ("rows.csv", "text,label\na,b\n", {"records_path": "data"}, "is CSV; records_path"),
+        ("words.json", json.dumps({"data": ["a", "b"]}), {"records_path": "data"}, "not objects"),
+    ],
+    ids=["records_path on JSON lines", "records_path on CSV", "records that are strings"],
+)
+def test_records_path_that_cannot_apply_is_named(
+    tmp_path: Path, name: str, content: str, options: dict, named: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=named):
+        prepare(write(tmp_path, name, content), **options)
