@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import reprlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from itertools import islice, pairwise
 from typing import Any
 
-from turing.tools.datasets.problems import Code, Problem, define
+from turing.tools.datasets.problems import Code, Problem, define, show
 from turing.tools.errors import InvalidInputError
 
 FORMATS = ("openai_chat", "prompt_completion", "alpaca", "sharegpt", "classification", "columns")
@@ -23,7 +22,6 @@ ROLES = ("system", "user", "assistant", "tool")
 COLUMN_ROLES = ("system", "user", "assistant")
 # Enough records to outvote a few odd ones, few enough that detection costs nothing.
 DETECT_SAMPLE = 100
-SHOWN_CHARS = 60
 QUOTED_ITEMS = 12
 
 # --- problem codes -------------------------------------------------------------------------
@@ -242,11 +240,6 @@ _CHECKED_CONTENT_ROLES = ("system", "user", "assistant")
 _COLUMN_PATH = re.compile(r"[^.\[\]]+(\[\d+\])*(\.[^.\[\]]+(\[\d+\])*)*")
 _COLUMN_STEP = re.compile(r"[^.\[\]]+|\[\d+\]")
 
-_SHORT = reprlib.Repr()
-_SHORT.maxstring = SHOWN_CHARS
-_SHORT.maxother = SHOWN_CHARS
-_SHORT.maxlist = _SHORT.maxdict = 4
-_SHORT.maxlevel = 2
 
 ColumnSpec = tuple[tuple[str, str, tuple[str | int, ...]], ...]
 
@@ -568,7 +561,7 @@ def _report_message_key(key: str, path: str, draft: _Draft) -> None:
     draft.add(
         UNKNOWN_MESSAGE_KEY,
         f"{path}.{key}",
-        f"key {_show(key)} is not allowed in a message; allowed: {_ALLOWED_MESSAGE_KEYS}",
+        f"key {show(key)} is not allowed in a message; allowed: {_ALLOWED_MESSAGE_KEYS}",
     )
 
 
@@ -583,7 +576,7 @@ def _openai_role(message: dict[str, Any], path: str, draft: _Draft) -> str | Non
         draft.add(UNKNOWN_ROLE, f"{path}.role", f"role is missing; allowed: {allowed}")
         return None
     suggestion = _suggest_role(role)
-    text = f"{_show(role)} is not a role; allowed: {allowed}"
+    text = f"{show(role)} is not a role; allowed: {allowed}"
     if suggestion is not None:
         text += f"; use {suggestion!r} instead"
     draft.add(UNKNOWN_ROLE, f"{path}.role", text)
@@ -638,8 +631,7 @@ def _join_text_parts(parts: list[Any], path: str, draft: _Draft) -> str:
         draft.add(
             UNSUPPORTED_CONTENT_PART,
             f"{path}[{index}]",
-            f"part {_show(kind)} is not supported; only "
-            '{"type": "text", "text": "..."} parts are',
+            f'part {show(kind)} is not supported; only {{"type": "text", "text": "..."}} parts are',
         )
     return "\n".join(texts)
 
@@ -683,9 +675,7 @@ def _copy_weight(
     elif type(weight) is int and weight in (0, 1):
         out["weight"] = weight
     else:
-        draft.add(
-            BAD_WEIGHT, f"{path}.weight", f"weight {_show(weight)} is not allowed; use 0 or 1"
-        )
+        draft.add(BAD_WEIGHT, f"{path}.weight", f"weight {show(weight)} is not allowed; use 0 or 1")
 
 
 # --- tool calls and tool definitions -------------------------------------------------------
@@ -719,19 +709,19 @@ def _openai_tool_call(call: Any, path: str, draft: _Draft) -> dict[str, Any]:
         draft.add(
             BAD_TOOL_CALL,
             path,
-            f"tool call {_show(call)} has no function object with a name and arguments",
+            f"tool call {show(call)} has no function object with a name and arguments",
         )
         return _tool_call(None, None, None)
     if call.get("type", "function") != "function":
         draft.add(
             BAD_TOOL_CALL,
             f"{path}.type",
-            f"type {_show(call['type'])} is not allowed; use 'function'",
+            f"type {show(call['type'])} is not allowed; use 'function'",
         )
 
     call_id = call.get("id")
     if call_id is not None and not (isinstance(call_id, str) and call_id):
-        draft.add(BAD_TOOL_CALL, f"{path}.id", f"id {_show(call_id)} must be a non-empty string")
+        draft.add(BAD_TOOL_CALL, f"{path}.id", f"id {show(call_id)} must be a non-empty string")
         call_id = None
     name = _tool_call_name(function.get("name"), f"{path}.function.name", draft)
     arguments = _tool_call_arguments(function, f"{path}.function.arguments", draft)
@@ -747,7 +737,7 @@ def _tool_call(call_id: str | None, name: str | None, arguments: str | None) -> 
 def _tool_call_name(name: Any, path: str, draft: _Draft) -> str | None:
     if isinstance(name, str) and name.strip():
         return name
-    draft.add(BAD_TOOL_CALL, path, f"function name {_show(name)} must be a non-empty string")
+    draft.add(BAD_TOOL_CALL, path, f"function name {show(name)} must be a non-empty string")
     return None
 
 
@@ -774,7 +764,7 @@ def _is_json(text: str, path: str, draft: _Draft) -> bool:
         draft.add(
             TOOL_ARGUMENTS_INVALID_JSON,
             path,
-            f"arguments {_show(text)} is not valid JSON: {exc.msg} at character {exc.pos}",
+            f"arguments {show(text)} is not valid JSON: {exc.msg} at character {exc.pos}",
         )
         return False
     return True
@@ -807,7 +797,7 @@ def _tool_definition(tool: Any, index: int, path: str, draft: _Draft) -> dict[st
         draft.add(
             BAD_TOOL_DEFINITION,
             path,
-            f"tool {index} ({_show(tool)}) has no function with a non-empty name",
+            f"tool {index} ({show(tool)}) has no function with a non-empty name",
         )
         return None
 
@@ -866,7 +856,7 @@ def _sharegpt_tools(value: Any, draft: _Draft) -> list[dict[str, Any]] | None:
         draft.add(
             BAD_TOOL_DEFINITION,
             "$.tools",
-            f"tools {_show(value)} is not valid JSON: {exc.msg} at character {exc.pos}",
+            f"tools {show(value)} is not valid JSON: {exc.msg} at character {exc.pos}",
         )
         return None
     return _tool_definitions(decoded, "$.tools", draft)
@@ -903,7 +893,7 @@ def _speaker_kind(speaker: Any, path: str, draft: _Draft) -> str | None:
         kind = _SPEAKERS.get(speaker) or _SPEAKERS.get(speaker.lower())
         if kind is not None:
             return kind
-    shown = "is missing" if speaker is None else f"{_show(speaker)} is not a speaker"
+    shown = "is missing" if speaker is None else f"{show(speaker)} is not a speaker"
     draft.add(UNKNOWN_ROLE, path, f"{shown}; allowed: {', '.join(_SPEAKERS)}")
     return None
 
@@ -928,7 +918,7 @@ def _sharegpt_calls(text: str, path: str, draft: _Draft) -> list[dict[str, Any]]
         draft.add(
             BAD_TOOL_CALL,
             path,
-            f"{_show(text)} is not JSON ({exc.msg}); a function_call turn holds "
+            f"{show(text)} is not JSON ({exc.msg}); a function_call turn holds "
             '{"name": ..., "arguments": {...}}',
         )
         return [_tool_call(None, None, None)]
@@ -943,7 +933,7 @@ def _sharegpt_calls(text: str, path: str, draft: _Draft) -> list[dict[str, Any]]
 def _sharegpt_call(item: Any, path: str, draft: _Draft) -> dict[str, Any]:
     name = item.get("name") if isinstance(item, dict) else None
     if not isinstance(item, dict) or not isinstance(name, str) or not name.strip():
-        draft.add(BAD_TOOL_CALL, path, f"call {_show(item)} has no non-empty name")
+        draft.add(BAD_TOOL_CALL, path, f"call {show(item)} has no non-empty name")
         return _tool_call(None, None, None)
 
     arguments = item.get("arguments")
@@ -1244,7 +1234,7 @@ def _check_empty_turns(turns: list[_Turn], draft: _Draft) -> None:
         if not isinstance(content, str) or "tool_calls" in message:
             continue
         if not content.strip(_INVISIBLE):
-            state = "empty" if not content else f"only whitespace ({_show(content)})"
+            state = "empty" if not content else f"only whitespace ({show(content)})"
             draft.add(
                 EMPTY_CONTENT,
                 turn.content_path,
@@ -1312,7 +1302,7 @@ def _register_calls(
             draft.add(
                 TOOL_CALL_ID_REUSED,
                 f"{turn.path}.tool_calls",
-                f"id {_show(call['id'])} is already used by an earlier tool call",
+                f"id {show(call['id'])} is already used by an earlier tool call",
             )
         known.add(call["id"])
 
@@ -1351,7 +1341,7 @@ def _match_call(
         draft.add(
             UNKNOWN_TOOL_CALL_ID,
             f"{turn.path}.tool_call_id",
-            f"{_show(call_id)} matches no earlier tool call; known ids: {_quoted(sorted(known))}",
+            f"{show(call_id)} matches no earlier tool call; known ids: {_quoted(sorted(known))}",
         )
     else:
         pending[:] = [entry for entry in pending if entry[0]["id"] != call_id]
@@ -1386,18 +1376,13 @@ def _describe(value: Any) -> str:
         kind = "an object"
     else:
         kind = type(value).__name__
-    return f"{kind} ({_show(value)})"
-
-
-def _show(value: Any) -> str:
-    text = _SHORT.repr(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+    return f"{kind} ({show(value)})"
 
 
 def _quoted(keys: Any) -> str:
     """Up to a dozen keys or values, quoted, for a message."""
     first = list(islice(keys, QUOTED_ITEMS + 1))
-    shown = ", ".join(_show(key) for key in first[:QUOTED_ITEMS])
+    shown = ", ".join(show(key) for key in first[:QUOTED_ITEMS])
     return shown + ", ..." if len(first) > QUOTED_ITEMS else shown
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from turing.tools.datasets import cleaning, formats
+from turing.tools.datasets.problems import show
 from turing.tools.datasets.reading import CONTAINERS
 from turing.tools.errors import InvalidInputError
 
@@ -57,7 +58,7 @@ def parse_options(raw: dict[str, Any] | None) -> PrepareOptions:
         check = _CHECKS.get(key)
         problem = check(value) if check else None
         if problem:
-            errors.append(f"{key}={_show(value)} {problem}")
+            errors.append(f"{key}={show(value)} {problem}")
     if not errors:
         errors += _combination_errors(given)
     if errors:
@@ -141,8 +142,3 @@ def _combination_errors(given: dict[str, Any]) -> list[str]:
     if "system" in given.get("columns", {}) and "system_prompt" in given:
         errors.append("pass either a 'system' column or system_prompt, not both")
     return errors
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -164,7 +164,10 @@ class _Pass:
 
 
 def prepare_dataset(
-    path: Path, options: PrepareOptions | None = None, counter: TokenCounter | None = None
+    path: Path,
+    options: PrepareOptions | None = None,
+    counter: TokenCounter | None = None,
+    data: bytes | None = None,
 ) -> PreparedDataset:
     """Validate, clean and split a dataset file.
 
@@ -172,6 +175,7 @@ def prepare_dataset(
         path: The raw file: JSON lines, a JSON array (or an object holding one), or CSV/TSV.
         options: See `PrepareOptions`; the defaults read any supported format.
         counter: The base model's token counter; without one, token lengths are not checked.
+        data: The file's bytes when the caller has read them already.
 
     Returns:
         The train and validation rows as {"messages": [...], "tools"?, "source_line"} dicts,
@@ -184,7 +188,7 @@ def prepare_dataset(
     options = options or PrepareOptions()
     path = Path(path)
     clock = _Stopwatch()
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     sha256 = hashlib.sha256(data).hexdigest()
     read = read_records(path, data, container=options.container, records_path=options.records_path)
     work = _Pass(options, read, _choose_format(path, read, options), problems=list(read.problems))
@@ -374,77 +378,67 @@ def _add_label_prompt(rows: list[_Row], labels: list[str]) -> None:
 def _screen_pii(work: _Pass) -> None:
     policy = work.options.pii
     done = {"redact": "redacted", "drop": "row dropped", "keep": "kept"}[policy]
-    clean: set[str] = set()  # texts already screened and found clean: system prompts, labels
+    screen = _PiiScreen(redact=policy == "redact")
     for row in work.live():
-        found: Counter[str] = Counter()
-        for index, message in enumerate(row.messages):
-            content = message.get("content")
-            if "tool_calls" not in message and isinstance(content, str):
-                # The common case, plain text, without the cost of the general screening call.
-                if content in clean:
-                    continue
-                if not pii.find_pii(content):
-                    if len(content) <= MAX_REMEMBERED_CHARS:
-                        clean.add(content)
-                    continue
-            kinds = _screen_message(message, policy == "redact", clean)
+        found: list[tuple[str, list[str]]] = [
+            (f"$.messages[{index}]", kinds)
+            for index, message in enumerate(row.messages)
+            if (kinds := screen.message(message))
+        ]
+        if row.conversation.get("tools"):
+            kinds = screen.tools(row.conversation)
             if kinds:
-                found.update(kinds)
-                listed = ", ".join(sorted(set(kinds)))
-                path = f"$.messages[{index}]"
-                work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})", row.record))
-        tools = row.conversation.get("tools")
-        if tools:
-            kinds = _screen_tools(row.conversation, policy == "redact", clean)
-            if kinds:
-                found.update(kinds)
-                listed = ", ".join(sorted(set(kinds)))
-                work.problems.append(
-                    PII_FOUND.at(row.line, "$.tools", f"{listed} ({done})", row.record)
-                )
-        if found:
-            work.pii_counts.update(found)
-            if policy == "drop":
-                work.drop(row, "pii")
+                found.append(("$.tools", kinds))
+        for path, kinds in found:
+            listed = ", ".join(sorted(set(kinds)))
+            work.problems.append(PII_FOUND.at(row.line, path, f"{listed} ({done})", row.record))
+            work.pii_counts.update(kinds)
+        if found and policy == "drop":
+            work.drop(row, "pii")
 
 
-def _screener(redact: bool, clean: set[str], kinds: list[str]) -> Any:
-    """A function that screens one text, notes the kinds found and returns it (redacted)."""
+class _PiiScreen:
+    """Finds (and with `redact`, masks) personal data in rows' texts, each distinct text once."""
 
-    def screen(text: str) -> str:
-        if text in clean:
+    def __init__(self, redact: bool) -> None:
+        self.redact = redact
+        self.clean: set[str] = set()  # texts screened and found clean: system prompts, labels
+
+    def message(self, message: dict[str, Any]) -> list[str]:
+        """The kinds found in a message's text and tool call arguments."""
+        content = message.get("content")
+        if content in self.clean and "tool_calls" not in message:
+            return []  # the common case, answered without building anything
+        kinds: list[str] = []
+        if isinstance(content, str):
+            message["content"] = self.text(content, kinds)
+        for call in message.get("tool_calls") or ():
+            function = call["function"]
+            arguments = json.loads(function["arguments"])  # checked to be JSON when normalised
+            screened = _map_strings(arguments, lambda text: self.text(text, kinds))
+            if self.redact and screened != arguments:
+                function["arguments"] = json.dumps(screened, ensure_ascii=False)
+        return kinds
+
+    def tools(self, conversation: dict[str, Any]) -> list[str]:
+        """The kinds found in a conversation's tool definitions."""
+        kinds: list[str] = []
+        screened = _map_strings(conversation["tools"], lambda text: self.text(text, kinds))
+        if self.redact and kinds:
+            conversation["tools"] = screened
+        return kinds
+
+    def text(self, text: str, kinds: list[str]) -> str:
+        """The text, masked when asked; the kinds found are added to `kinds`."""
+        if text in self.clean:
             return text
         matches = pii.find_pii(text)
-        if not matches and len(text) <= MAX_REMEMBERED_CHARS:
-            clean.add(text)
+        if not matches:
+            if len(text) <= MAX_REMEMBERED_CHARS:
+                self.clean.add(text)
+            return text
         kinds.extend(match.type for match in matches)
-        return pii.redact_pii(text, matches) if redact and matches else text
-
-    return screen
-
-
-def _screen_tools(conversation: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
-    kinds: list[str] = []
-    screened = _map_strings(conversation["tools"], _screener(redact, clean, kinds))
-    if redact and kinds:
-        conversation["tools"] = screened
-    return kinds
-
-
-def _screen_message(message: dict[str, Any], redact: bool, clean: set[str]) -> list[str]:
-    """The kinds of personal data in a message's text and tool call arguments, redacted."""
-    kinds: list[str] = []
-    screen = _screener(redact, clean, kinds)
-
-    if isinstance(message.get("content"), str):
-        message["content"] = screen(message["content"])
-    for call in message.get("tool_calls") or ():
-        function = call["function"]
-        arguments = json.loads(function["arguments"])  # checked to be JSON when normalised
-        screened = _map_strings(arguments, screen)
-        if redact and screened != arguments:
-            function["arguments"] = json.dumps(screened, ensure_ascii=False)
-    return kinds
+        return pii.redact_pii(text, matches) if self.redact else text
 
 
 def _map_strings(value: Any, change: Any) -> Any:

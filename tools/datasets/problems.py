@@ -7,6 +7,7 @@ hint a person can act on.
 
 from __future__ import annotations
 
+import reprlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -16,6 +17,13 @@ Severity = Literal["error", "warning"]
 
 # Every code defined anywhere, by name; codes are public API and never change meaning.
 CODES: dict[str, Code] = {}
+SHOWN_CHARS = 60
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = SHOWN_CHARS
+_SHORT.maxother = SHOWN_CHARS
+_SHORT.maxlist = _SHORT.maxdict = 4
+_SHORT.maxlevel = 2
 
 
 @dataclass(frozen=True)
@@ -103,3 +111,9 @@ def group_problems(problems: Iterable[Problem], examples: int) -> dict[str, dict
         }
         for code in sorted(counts, key=order)
     }
+
+
+def show(value: Any) -> str:
+    """A value as a message quotes it: its repr, cut to about SHOWN_CHARS characters."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."

@@ -118,7 +118,9 @@ def read_records(
     if not text.strip():
         raise InvalidInputError(f"{path} is empty; it needs at least one record")
 
-    chosen = _choose_container(path, text, records_path) if container == "auto" else container
+    chosen, document = container, None
+    if container == "auto":
+        chosen, document = _choose_container(path, text, records_path)
     if chosen == "csv" and records_path:
         raise InvalidInputError(
             f"{path} is CSV; records_path only applies to a JSON document, so leave it out"
@@ -126,7 +128,7 @@ def read_records(
     if chosen == "csv":
         result = _read_csv(path, text)
     elif chosen == "json":
-        result = _read_json_document(path, text, records_path)
+        result = _read_json_document(path, text, records_path, document)
     else:
         result = _read_jsonl(text)
     result.encoding = encoding
@@ -205,21 +207,24 @@ def _not_utf8(path: Path, encoding: str, evidence: str) -> InvalidInputError:
     )
 
 
-def _choose_container(path: Path, text: str, records_path: str | None) -> str:
+def _choose_container(path: Path, text: str, records_path: str | None) -> tuple[str, Any]:
+    """The container, and the parsed document when telling needed a parse of it."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        return "csv"
+        return "csv", None
     start = text.lstrip()[:1]
     if records_path or start == "[":
-        return "json"  # a JSONL file of arrays is not a dataset shape anyone writes
+        return "json", None  # a JSONL file of arrays is not a dataset shape anyone writes
     if start != "{":
-        return "json" if suffix == ".json" else "jsonl" if suffix == ".jsonl" else "csv"
+        return ("json" if suffix == ".json" else "jsonl" if suffix == ".jsonl" else "csv"), None
     try:
         document = json.loads(text)
     except (json.JSONDecodeError, RecursionError):
-        return "jsonl"  # several records, or broken ones: JSON lines reports them line by line
+        return "jsonl", None  # several records or broken ones: JSON lines reports them by line
     # One object: a single record is a JSON lines file of one line; anything else holds records.
-    return "jsonl" if _looks_like_record(document) and "\n" not in text.strip() else "json"
+    if _looks_like_record(document) and "\n" not in text.strip():
+        return "jsonl", None
+    return "json", document
 
 
 # --- JSON lines ----------------------------------------------------------------------------
@@ -342,9 +347,33 @@ def _line_starts(text: str) -> list[int]:
 # --- one JSON document ---------------------------------------------------------------------
 
 
-def _read_json_document(path: Path, text: str, records_path: str | None) -> ReadResult:
+def _read_json_document(
+    path: Path, text: str, records_path: str | None, document: Any = None
+) -> ReadResult:
+    if document is not None:
+        keys = _records_keys(path, document, records_path)
+    elif records_path or not text.lstrip().startswith("["):
+        keys = _records_keys(path, _load_document(path, text, records_path), records_path)
+    else:
+        keys = []  # a top-level array is read element by element, each parsed once
+    result = ReadResult(container="json", records_path=_format_path(keys) if keys else None)
+    starts = _line_starts(text)
+    escaped = "\\u" in text
     try:
-        document = json.loads(text)
+        for offset, value in _array_elements(text, _position_of(text, keys)):
+            _add_record(result, bisect.bisect_right(starts, offset), value, escaped)
+    except json.JSONDecodeError as exc:
+        raise _broken_document(path, exc.msg, exc.lineno, exc.colno) from exc
+    except RecursionError as exc:
+        raise InvalidInputError(f"{path} is nested too deeply to read as JSON") from exc
+    if not result.records_read:
+        raise InvalidInputError(f"{path} holds an empty list: there are no records to prepare")
+    return result
+
+
+def _load_document(path: Path, text: str, records_path: str | None) -> Any:
+    try:
+        return json.loads(text)
     except RecursionError as exc:
         raise InvalidInputError(f"{path} is nested too deeply to read as JSON") from exc
     except json.JSONDecodeError as exc:
@@ -353,22 +382,14 @@ def _read_json_document(path: Path, text: str, records_path: str | None) -> Read
                 f"{path} is JSON lines, but records_path only applies to a file that is one "
                 "JSON document; leave records_path out"
             ) from exc
-        raise InvalidInputError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}; "
-            "a JSON file must be one array of records (or an object holding one), and JSON "
-            "lines need a .jsonl name"
-        ) from exc
+        raise _broken_document(path, exc.msg, exc.lineno, exc.colno) from exc
 
-    keys = _records_keys(path, document, records_path)
-    starts = _line_starts(text)
-    position = _position_of(text, keys)
-    result = ReadResult(container="json", records_path=_format_path(keys) if keys else None)
-    escaped = "\\u" in text
-    for offset, value in _array_elements(text, position):
-        _add_record(result, bisect.bisect_right(starts, offset), value, escaped)
-    if not result.records_read:
-        raise InvalidInputError(f"{path} holds an empty list: there are no records to prepare")
-    return result
+
+def _broken_document(path: Path, reason: str, line: int, column: int) -> InvalidInputError:
+    return InvalidInputError(
+        f"{path} is not valid JSON: {reason} at line {line}, column {column}; a JSON file must "
+        "be one array of records (or an object holding one), and JSON lines need a .jsonl name"
+    )
 
 
 # Keys that make an object one record of a known format, rather than a holder of records.
@@ -486,14 +507,34 @@ def _value_of_key(text: str, position: int, key: str) -> int:
 
 
 def _array_elements(text: str, position: int) -> Iterator[tuple[int, Any]]:
-    """(offset, value) of each element of the JSON array starting at `position`."""
+    """(offset, value) of each element of the JSON array starting at `position`.
+
+    Checks the array's own punctuation, and that nothing but white space follows a top-level
+    array, so a file read this way is held to what json.loads would accept.
+
+    Raises:
+        json.JSONDecodeError: The array is not valid JSON.
+    """
+    top_level = not text[:position].strip()
     position = _skip_space(text, position + 1)  # past "["
-    while text[position] != "]":
+    if text.startswith("]", position):
+        _check_after_array(text, position + 1, top_level)
+        return
+    while True:
         value, end = _DECODER.raw_decode(text, position)
         yield position, value
         position = _skip_space(text, end)
-        if text[position] == ",":
-            position = _skip_space(text, position + 1)
+        if text.startswith("]", position):
+            _check_after_array(text, position + 1, top_level)
+            return
+        if not text.startswith(",", position):
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+        position = _skip_space(text, position + 1)
+
+
+def _check_after_array(text: str, position: int, top_level: bool) -> None:
+    if top_level and text[position:].strip():
+        raise json.JSONDecodeError("Extra data", text, _skip_space(text, position))
 
 
 # --- CSV -----------------------------------------------------------------------------------

@@ -56,14 +56,15 @@ def create_dataset(
     counter = load_token_counter(
         Path(model["gguf_path"]), services.workspace.cache_folder("tokenizers")
     )
-    dataset_id = _content_id(_sha256_of(source), options, base_model, counter)
+    data = source.read_bytes()
+    dataset_id = _content_id(hashlib.sha256(data).hexdigest(), options, base_model, counter)
 
     existing = services.registry.find("datasets", dataset_id)
     if existing is not None:
         logger.info("dataset %s already stored; returning it", dataset_id)
         return describe_dataset(existing)
 
-    prepared = _prepare(source, options, counter)
+    prepared = _prepare(source, data, options, counter)
     with _STORE_LOCK:
         existing = services.registry.find("datasets", dataset_id)
         if existing is not None:
@@ -71,9 +72,11 @@ def create_dataset(
         return _store(services, dataset_id, source, prepared, options, base_model, counter)
 
 
-def _prepare(source: Path, options: PrepareOptions, counter: TokenCounter) -> PreparedDataset:
+def _prepare(
+    source: Path, data: bytes, options: PrepareOptions, counter: TokenCounter
+) -> PreparedDataset:
     try:
-        return prepare_dataset(source, options, counter)
+        return prepare_dataset(source, options, counter, data)
     except TuringError:
         raise
     except Exception as exc:  # the tool's boundary: a defect must still reach the caller whole
@@ -160,14 +163,6 @@ def split_path(services: Services, dataset_id: str, split: str) -> Path:
     """The JSONL file of one stored split (train or validation)."""
     folder = Path(services.registry.get("datasets", dataset_id, "dataset")["folder"])
     return folder / f"{split}.jsonl"
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _content_id(

@@ -74,7 +74,7 @@ class TokenCounter:
 
     def is_structural(self, token: str) -> bool:
         """Whether the chat template itself writes this token (a turn boundary, for one)."""
-        return token in self.template.source or token in (self.template.end_of_turn,)
+        return token in self.template.source or token == self.template.end_of_turn
 
     def measure(self, rows: Sequence[dict[str, Any]]) -> list[TokenLengths | str]:
         """Lengths of `{"messages": [...], "tools"?: [...]}` rows, tokenised in batches.
@@ -281,14 +281,15 @@ def write_tokenizer_cache(base_gguf: Path, folder: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of the conversion child process."""
+    """Entry point of the conversion child process; it reports on stderr through logging."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     if len(argv) != 2:
-        print("usage: python -m turing.tools.datasets.tokens BASE_GGUF OUT_DIR", file=sys.stderr)
+        logger.error("usage: python -m turing.tools.datasets.tokens BASE_GGUF OUT_DIR")
         return 2
     try:
         write_tokenizer_cache(Path(argv[0]), Path(argv[1]))
     except Exception as exc:  # the boundary of a child process: report and fail
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        logger.error("%s: %s", type(exc).__name__, exc)
         return 1
     return 0
 

@@ -200,17 +200,6 @@ CHAT_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("value", "code", "path"),
-    [case[1:] for case in CHAT_ERRORS],
-    ids=[case[0] for case in CHAT_ERRORS],
-)
-def test_chat_record_with_a_mistake_is_rejected_with_its_code_and_path(
-    value: Any, code: str, path: str
-) -> None:
-    assert_rejected(value, "openai_chat", code, path)
-
-
 def test_an_alias_role_suggests_the_openai_role() -> None:
     problem = assert_rejected(
         chat(user("hi"), {"role": "bot", "content": "yo"}),
@@ -326,15 +315,6 @@ WEIGHT_ERRORS = [
         "$.messages",
     ),
 ]
-
-
-@pytest.mark.parametrize(
-    ("value", "code", "path"),
-    [case[1:] for case in WEIGHT_ERRORS],
-    ids=[case[0] for case in WEIGHT_ERRORS],
-)
-def test_a_bad_weight_is_rejected(value: dict[str, Any], code: str, path: str) -> None:
-    assert_rejected(value, "openai_chat", code, path)
 
 
 # --- tool calls ----------------------------------------------------------------------------
@@ -548,15 +528,6 @@ TOOL_ERRORS = [
         "$.tools",
     ),
 ]
-
-
-@pytest.mark.parametrize(
-    ("value", "code", "path"),
-    [case[1:] for case in TOOL_ERRORS],
-    ids=[case[0] for case in TOOL_ERRORS],
-)
-def test_a_bad_tool_call_is_rejected(value: dict[str, Any], code: str, path: str) -> None:
-    assert_rejected(value, "openai_chat", code, path)
 
 
 ONE_PROBLEM_ONLY = [
@@ -820,15 +791,6 @@ SHAREGPT_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("value", "code", "path"),
-    [case[1:] for case in SHAREGPT_ERRORS],
-    ids=[case[0] for case in SHAREGPT_ERRORS],
-)
-def test_a_bad_sharegpt_record_is_rejected(value: dict[str, Any], code: str, path: str) -> None:
-    assert_rejected(value, "sharegpt", code, path)
-
-
 def test_an_unknown_sharegpt_speaker_lists_the_accepted_ones() -> None:
     value = {"conversations": [turn("narrator", "hi"), turn("gpt", "yo")]}
     problem = assert_rejected(value, "sharegpt", "unknown_role", "$.conversations[0].from")
@@ -925,15 +887,6 @@ ALPACA_ERRORS = [
     ),
     ("chat record instead", chat(user("hi"), assistant("yo")), "format_mismatch", "$"),
 ]
-
-
-@pytest.mark.parametrize(
-    ("value", "code", "path"),
-    [case[1:] for case in ALPACA_ERRORS],
-    ids=[case[0] for case in ALPACA_ERRORS],
-)
-def test_a_bad_alpaca_record_is_rejected(value: dict[str, Any], code: str, path: str) -> None:
-    assert_rejected(value, "alpaca", code, path)
 
 
 def test_a_stray_text_field_in_alpaca_is_only_a_warning() -> None:
@@ -1041,13 +994,24 @@ FLAT_ERRORS = [
 ]
 
 
+# Every table of faulty records, each case run against its format.
+REJECTED = [
+    *((f"openai_chat: {case[0]}", "openai_chat", *case[1:]) for case in CHAT_ERRORS),
+    *((f"weight: {case[0]}", "openai_chat", *case[1:]) for case in WEIGHT_ERRORS),
+    *((f"tool call: {case[0]}", "openai_chat", *case[1:]) for case in TOOL_ERRORS),
+    *((f"sharegpt: {case[0]}", "sharegpt", *case[1:]) for case in SHAREGPT_ERRORS),
+    *((f"alpaca: {case[0]}", "alpaca", *case[1:]) for case in ALPACA_ERRORS),
+    *((f"{case[1]}: {case[0]}", *case[1:]) for case in FLAT_ERRORS),
+]
+
+
 @pytest.mark.parametrize(
     ("format", "value", "code", "path"),
-    [case[1:] for case in FLAT_ERRORS],
-    ids=[case[0] for case in FLAT_ERRORS],
+    [case[1:] for case in REJECTED],
+    ids=[case[0] for case in REJECTED],
 )
-def test_a_bad_flat_record_is_rejected(
-    format: str, value: dict[str, Any], code: str, path: str
+def test_a_faulty_record_is_rejected_with_its_code_and_path(
+    format: str, value: Any, code: str, path: str
 ) -> None:
     assert_rejected(value, format, code, path)
 
