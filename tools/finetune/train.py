@@ -9,15 +9,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from turing.tools.chat import ChatTemplate, ChatTemplateError, Message
 from turing.tools.errors import InvalidInputError
 from turing.tools.modeling import encode_text
+
+if TYPE_CHECKING:
+    from turing.tools.finetune.trainer import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,26 @@ class TrainParams:
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     seed: int = 0
-    validation_every: int = 0  # steps between validations; 0 validates at the end of each epoch
+    # Steps between checkpoints (each one validated); 0 checkpoints at the end of every epoch.
+    checkpoint_every: int = 0
+    # Validations without improvement before the run stops early; 0 never stops early.
+    early_stopping_patience: int = 3
+    early_stopping_min_delta: float = 0.0
+    # Which checkpoint becomes the run's output: see SELECTION_METRICS.
+    selection_metric: str = "validation_loss"
+    # Arithmetic of the frozen base weights: bf16 (fast on CPUs with AVX512-BF16/AMX), fp32,
+    # or fp16 (GPU only). LoRA weights and their optimiser state are always fp32.
+    precision: str = "bf16"
 
+
+# Metric -> whether lower is better. "last" takes the final checkpoint whatever its numbers.
+SELECTION_METRICS = {
+    "validation_loss": True,
+    "validation_accuracy": False,
+    "train_loss": True,
+    "last": True,
+}
+PRECISIONS = ("bf16", "fp32", "fp16")
 
 # Each check returns None when the value is allowed, else what is allowed.
 _Check = Callable[[Any], str | None]
@@ -71,6 +90,13 @@ def _number(low: float, high: float, *, low_open: bool = False, high_open: bool 
     return check
 
 
+def _one_of(*choices: str) -> _Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
 def _module_names(value: Any) -> str | None:
     if isinstance(value, list) and value and all(isinstance(n, str) and n.strip() for n in value):
         return None
@@ -89,7 +115,11 @@ _CHECKS: dict[str, _Check] = {
     "warmup_ratio": _number(0.0, 1.0),
     "weight_decay": _number(0.0, 1.0),
     "seed": _integer(0, 2**32 - 1),
-    "validation_every": _integer(0, 1_000_000),
+    "checkpoint_every": _integer(0, 1_000_000),
+    "early_stopping_patience": _integer(0, 1_000),
+    "early_stopping_min_delta": _number(0.0, 1e6),
+    "selection_metric": _one_of(*SELECTION_METRICS),
+    "precision": _one_of(*PRECISIONS),
 }
 
 
@@ -231,112 +261,6 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup_steps: int
     return peak * remaining / max(1, total_steps - warmup_steps)
 
 
-@dataclass
-class TrainResult:
-    """What a run produced: the peft model and its summary numbers.
-
-    `final_loss` is the token-weighted mean training loss over the last epoch's worth of steps
-    (one batch alone is too noisy); `validation_loss` is the latest validation, if any.
-    """
-
-    model: Any
-    cancelled: bool
-    final_loss: float | None
-    validation_loss: float | None
-    steps: int
-    total_steps: int
-    train_tokens: int
-    trainable_parameters: int
-    seconds: float
-    dropped_rows: int
-
-    def summary(self) -> dict[str, Any]:
-        """The numbers as a JSON-ready dict (without the model)."""
-        return {key: value for key, value in asdict(self).items() if key != "model"}
-
-
-def attach_lora(model: Any, params: TrainParams) -> Any:
-    """Wrap a causal language model with fresh LoRA adapters; only they will train.
-
-    Raises:
-        InvalidInputError: A target module name matches no layer of the model.
-    """
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=params.lora_rank,
-        lora_alpha=params.lora_alpha,
-        lora_dropout=params.lora_dropout,
-        target_modules=params.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    # LoRA A is drawn from the global generator; seeding it makes the run repeatable.
-    torch.manual_seed(params.seed)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as exc:
-        raise InvalidInputError(
-            f"target_modules={params.target_modules!r} does not fit this model: {exc}"
-        ) from exc
-
-
-def _collate(examples: list[Example], pad_id: int) -> tuple[Any, Any, Any]:
-    import torch
-
-    width = max(len(example.input_ids) for example in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, example in enumerate(examples):
-        size = len(example.input_ids)
-        input_ids[row, :size] = torch.tensor(example.input_ids)
-        labels[row, :size] = torch.tensor(example.labels)
-        attention_mask[row, :size] = 1
-    return input_ids, labels, attention_mask
-
-
-def answer_loss(model: Any, input_ids: Any, labels: Any) -> tuple[Any, int]:
-    """Mean cross-entropy over the labelled tokens of a right-padded batch, and their count.
-
-    No attention mask is needed: padding only follows real tokens, which causal attention already
-    keeps from seeing it. The vocabulary projection (49k columns for SmolLM2) is costly, so logits
-    are computed only at positions whose next token carries a label.
-    """
-    import torch
-    import torch.nn.functional as functional
-    from peft.helpers import disable_input_dtype_casting
-
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # peft casts activations to the float32 adapter weights and autocast casts them back to
-    # bfloat16; skipping that round trip saves two copies of every activation per LoRA layer.
-    with torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(model):
-        hidden = causal_lm.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        targets = labels[:, 1:]
-        selected = hidden[:, :-1][targets != IGNORE]
-        logits = causal_lm.lm_head(selected)
-    # Softmax in float32: bfloat16 keeps ~3 significant digits, too few for a 49k-way softmax.
-    loss = functional.cross_entropy(logits.float(), targets[targets != IGNORE])
-    return loss, int(selected.shape[0])
-
-
-def evaluate_loss(model: Any, examples: list[Example], batch_size: int, pad_id: int) -> float:
-    """Mean answer-token loss over `examples` (weighted by their answer tokens)."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in make_batches([len(e.input_ids) for e in examples], batch_size, seed=0):
-            input_ids, labels, _ = _collate([examples[i] for i in batch], pad_id)
-            loss, tokens = answer_loss(model, input_ids, labels)
-            total += float(loss) * tokens
-            count += tokens
-    model.train(was_training)
-    return total / max(1, count)
-
-
 def prepare_examples(
     train_rows: list[dict[str, Any]],
     validation_rows: list[dict[str, Any]],
@@ -369,20 +293,6 @@ def prepare_examples(
     return train, validation, dropped_train + dropped_validation
 
 
-def prepare_for_training(model: Any) -> None:
-    """Switch a base model to the fastest CPU setup found for LoRA training, in place.
-
-    Frozen weights in bfloat16 run on the CPU's bf16 matrix instructions (about 1.4x float32 on
-    AVX512-BF16); the adapters stay float32. Eager attention beats PyTorch's CPU flash-attention
-    kernel on short sequences, chiefly in the backward pass.
-    """
-    import torch
-
-    model.to(torch.bfloat16)
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
-
-
 def train(
     model: Any,
     tokenizer: Any,
@@ -392,11 +302,13 @@ def train(
     params: TrainParams,
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    **options: Any,
 ) -> TrainResult:
     """Fine-tune LoRA adapters on `model` and return the adapted (peft) model with its numbers.
 
-    The base model is changed in place: cast to bfloat16 and wrapped with LoRA layers; its own
-    weights stay frozen. Save the adapter with `result.model.save_pretrained(folder)`.
+    The base model is changed in place: cast to the run's precision and wrapped with LoRA layers;
+    its own weights stay frozen. With a `run_dir`, checkpoints are written there and the best one
+    becomes `run_dir/adapter`; without one, save `result.model.save_pretrained(folder)`.
 
     Args:
         model: A causal language model from `load_model`, without an adapter.
@@ -405,119 +317,28 @@ def train(
         train_rows: `{"messages": [...]}` conversations to learn the assistant turns of.
         validation_rows: Conversations to measure the loss on; may be empty.
         params: Hyperparameters (see `parse_params`).
-        on_event: Receives `{"type": "step", ...}` after every optimiser step and
-            `{"type": "validation", ...}` after every validation.
-        should_stop: Polled between steps; when it returns True the run ends as cancelled.
+        on_event: Receives `{"type": "step", ...}` after every optimiser step, and
+            `validation`, `checkpoint`, `early_stopped`, `resumed` and `non_finite_loss` events.
+        should_stop: Polled between steps; when it returns True the run saves a checkpoint and
+            ends as cancelled.
+        options: `run_dir`, `resume`, `init_checkpoint`, `base_sha256` and `world`, as taken
+            by `turing.tools.finetune.trainer.Trainer`.
 
     Raises:
-        InvalidInputError: The rows or parameters cannot be trained on.
+        InvalidInputError: The rows, parameters or checkpoints cannot be trained on.
+        NonFiniteLossError: The loss became NaN or infinite.
     """
-    import torch
+    from turing.tools.finetune.trainer import Trainer
 
-    emit = on_event or (lambda event: None)
-    stop = should_stop or (lambda: False)
-    started = time.monotonic()
-
-    # Data
-    train_set, validation_set, dropped = prepare_examples(
-        train_rows, validation_rows, tokenizer, template, params.max_seq_len
+    trainer = Trainer(
+        model,
+        tokenizer,
+        template,
+        train_rows,
+        validation_rows,
+        params,
+        on_event=on_event,
+        should_stop=should_stop,
+        **options,
     )
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    lengths = [len(example.input_ids) for example in train_set]
-    steps_per_epoch = math.ceil(len(train_set) / params.batch_size)
-    total_steps = steps_per_epoch * params.epochs
-    warmup_steps = math.ceil(params.warmup_ratio * total_steps)
-
-    # Model and optimiser
-    prepare_for_training(model)
-    model = attach_lora(model, params)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for parameter in trainable:
-        parameter.data = parameter.data.float()
-    trainable_count = sum(p.numel() for p in trainable)
-    optimizer = torch.optim.AdamW(
-        trainable, lr=params.learning_rate, weight_decay=params.weight_decay
-    )
-    logger.info(
-        "training %d LoRA parameters on %d rows (%d validation) for %d steps",
-        trainable_count,
-        len(train_set),
-        len(validation_set),
-        total_steps,
-    )
-
-    def validate(step: int) -> float | None:
-        if not validation_set:
-            return None
-        loss = evaluate_loss(model, validation_set, params.batch_size, pad_id)
-        emit({"type": "validation", "step": step, "validation_loss": loss})
-        return loss
-
-    step, train_tokens, compute_seconds = 0, 0, 0.0
-    recent: deque[tuple[float, int]] = deque(maxlen=steps_per_epoch)
-    validation_loss: float | None = None
-    cancelled = False
-    model.train()
-    for epoch in range(params.epochs):
-        for batch in make_batches(lengths, params.batch_size, seed=params.seed * 1000 + epoch):
-            if stop():
-                cancelled = True
-                break
-
-            # One optimiser step
-            step_started = time.monotonic()
-            rate = learning_rate_at(step, total_steps, params.learning_rate, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = rate
-            input_ids, labels, attention_mask = _collate([train_set[i] for i in batch], pad_id)
-            loss, answer_count = answer_loss(model, input_ids, labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            # Progress
-            recent.append((loss.item(), answer_count))
-            train_tokens += int(attention_mask.sum())
-            compute_seconds += time.monotonic() - step_started
-            emit(
-                {
-                    "type": "step",
-                    "step": step,
-                    "total_steps": total_steps,
-                    "epoch": round(step / steps_per_epoch, 4),
-                    "loss": loss.item(),
-                    "learning_rate": rate,
-                    "tokens_per_second": train_tokens / max(compute_seconds, 1e-9),
-                    "elapsed_seconds": time.monotonic() - started,
-                    "eta_seconds": compute_seconds / step * (total_steps - step),
-                }
-            )
-
-            # Validation
-            due = step % (params.validation_every or steps_per_epoch) == 0
-            if due or step == total_steps:
-                validation_loss = validate(step)
-        if cancelled:
-            break
-
-    return TrainResult(
-        model=model,
-        cancelled=cancelled,
-        final_loss=_token_weighted_mean(recent),
-        validation_loss=validation_loss,
-        steps=step,
-        total_steps=total_steps,
-        train_tokens=train_tokens,
-        trainable_parameters=trainable_count,
-        seconds=time.monotonic() - started,
-        dropped_rows=dropped,
-    )
-
-
-def _token_weighted_mean(losses: Iterable[tuple[float, int]]) -> float | None:
-    pairs = list(losses)
-    count = sum(tokens for _, tokens in pairs)
-    return sum(loss * tokens for loss, tokens in pairs) / count if count else None
+    return trainer.run()

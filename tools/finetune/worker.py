@@ -1,15 +1,21 @@
 """The fine-tuning child process: `python -m turing.tools.finetune.worker RUN_DIR`.
 
-It reads `job.json`, appends progress to `metrics.jsonl`, logs to stderr, and ends by writing
-`result.json` (and `adapter/` on success), both renamed into place so they are never half written.
+It reads `job.json`, appends steps and validations to `metrics.jsonl` and milestones (started,
+resumed, checkpoint, early stop, finished, failed) to `events.jsonl`, logs to stderr, writes
+checkpoints under `checkpoints/`, and ends by writing `result.json` (renamed into place, so it is
+never half written); on success the chosen checkpoint's adapter is in `adapter/`.
+
+Under torchrun (`python -m torch.distributed.run --nproc_per_node=N -m
+turing.tools.finetune.worker RUN_DIR`) every process trains its share of each batch and rank 0
+writes the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -21,10 +27,12 @@ from turing.server.jobs import write_json_atomic
 from turing.server.registry import utc_now
 from turing.tools.datasets.jsonl import read_jsonl
 from turing.tools.errors import TuringError
+from turing.tools.finetune import checkpoints
+from turing.tools.finetune.distributed import World, join_world, leave_world
+from turing.tools.jobs import append_event
 
 logger = logging.getLogger(__name__)
 
-ADAPTER_NAME = "adapter"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 
@@ -60,18 +68,48 @@ class MetricsWriter:
             )
 
 
-def save_adapter_atomic(model: Any, run_dir: Path) -> Path:
-    """Save the peft adapter into RUN_DIR/adapter via a temporary folder renamed into place."""
-    final = run_dir / ADAPTER_NAME
-    temporary = run_dir / f".{ADAPTER_NAME}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    model.save_pretrained(str(temporary))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(temporary, final)
-    return final
+# Training events that also go to events.jsonl, the run's readable history.
+_HISTORY_EVENTS = {"resumed", "checkpoint", "validation", "early_stopped", "non_finite_loss"}
 
 
-def run_job(run_dir: Path, stop: threading.Event) -> dict[str, Any]:
+class EventRouter:
+    """Sends steps and validations to metrics.jsonl, and milestones to events.jsonl too."""
+
+    def __init__(self, run_dir: Path, metrics: MetricsWriter) -> None:
+        self._run_dir = run_dir
+        self._metrics = metrics
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind in ("step", "validation"):
+            self._metrics(event)
+        if kind in _HISTORY_EVENTS:
+            fields = {k: v for k, v in event.items() if k not in ("type", "message")}
+            message = event.get("message") or _describe(event)
+            append_event(self._run_dir, kind, message, **fields)
+            if kind != "validation":
+                logger.info("%s", message)
+
+
+def _describe(event: dict[str, Any]) -> str:
+    if event["type"] == "validation":
+        return (
+            f"validation at step {event['step']}: loss {event['validation_loss']:.4f}, "
+            f"token accuracy {event['validation_accuracy']:.3f}"
+        )
+    return event["type"].replace("_", " ")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any]:
     """Train the job described by RUN_DIR/job.json and return the result to record."""
     from turing.tools.chat import read_chat_template
     from turing.tools.finetune.train import parse_params, train
@@ -85,11 +123,13 @@ def run_job(run_dir: Path, stop: threading.Event) -> dict[str, Any]:
     validation_path = Path(job["validation_path"]) if job.get("validation_path") else None
     has_validation = validation_path is not None and validation_path.exists()
     validation_rows = read_jsonl(validation_path) if has_validation else []
+    init_checkpoint = Path(job["init_checkpoint"]) if job.get("init_checkpoint") else None
     logger.info(
-        "run %s: %d train rows, %d validation rows",
+        "run %s: %d train rows, %d validation rows%s",
         run_dir.name,
         len(train_rows),
         len(validation_rows),
+        f", {world.size} processes" if world.distributed else "",
     )
 
     # Training
@@ -103,25 +143,22 @@ def run_job(run_dir: Path, stop: threading.Event) -> dict[str, Any]:
             train_rows,
             validation_rows,
             params,
-            on_event=MetricsWriter(metrics),
+            on_event=EventRouter(run_dir, MetricsWriter(metrics)) if world.is_main else None,
             should_stop=stop.is_set,
+            run_dir=run_dir,
+            resume=bool(job.get("resume")),
+            init_checkpoint=init_checkpoint,
+            base_sha256=file_sha256(base) if base.is_file() else None,
+            world=world,
         )
 
     # Outcome
-    summary = {
-        "final_loss": result.final_loss,
-        "validation_loss": result.validation_loss,
-        "steps": result.steps,
-        "total_steps": result.total_steps,
-        "train_tokens": result.train_tokens,
-        "trainable_parameters": result.trainable_parameters,
-        "dropped_rows": result.dropped_rows,
-        "seconds": round(result.seconds, 3),
-    }
+    summary = result.summary()
+    summary["seconds"] = round(result.seconds, 3)
     if result.cancelled:
         logger.info("run %s cancelled after %d steps", run_dir.name, result.steps)
         return {"status": "cancelled", "error": None, **summary}
-    adapter = save_adapter_atomic(result.model, run_dir)
+    adapter = run_dir / checkpoints.OUTPUT
     logger.info("run %s succeeded: adapter in %s", run_dir.name, adapter)
     return {"status": "succeeded", "error": None, **summary, "adapter_dir": str(adapter.resolve())}
 
@@ -148,13 +185,18 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 
-    # SIGTERM asks for a stop at the next step boundary; the run then records itself cancelled.
+    # SIGTERM asks for a stop at the next step boundary; the run saves a checkpoint and records
+    # itself cancelled.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 
     started = time.monotonic()
+    world = World()
     try:
-        result = run_job(run_dir, stop)
+        world = join_world()
+        if world.is_main:
+            append_event(run_dir, "started", f"training started (pid {os.getpid()})")
+        result = run_job(run_dir, stop, world)
     except Exception as exc:
         if isinstance(exc, TuringError):
             logger.error("run %s failed: %s", run_dir.name, exc)
@@ -162,7 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("run %s failed", run_dir.name)
         seconds = round(time.monotonic() - started, 3)
         result = {"status": "failed", "error": describe_error(exc), "seconds": seconds}
-    write_json_atomic(run_dir / RESULT_NAME, result)
+        result["checkpoints"] = [
+            {"step": m["step"], "path": m["path"], "metrics": m.get("metrics", {})}
+            for m in checkpoints.list_checkpoints(run_dir)
+        ]
+    if world.is_main:
+        write_json_atomic(run_dir / RESULT_NAME, result)
+        if result["status"] == "failed":
+            append_event(run_dir, "failed", result["error"])
+        else:
+            append_event(run_dir, "finished", f"run {result['status']}", status=result["status"])
+    leave_world(world)
     return 1 if result["status"] == "failed" else 0
 
 
