@@ -317,7 +317,7 @@ def test_the_worker_trains_and_writes_metrics_adapter_and_result(
     assert generate(model, tokenizer, template, [conversation], 16) == [ANSWER]
 
 
-def test_sigterm_stops_the_worker_at_a_step_boundary_as_cancelled(
+def test_sigterm_stops_the_worker_at_a_step_boundary_as_cancelled_after_a_checkpoint(
     tiny_base: Path, tmp_path: Path
 ) -> None:
     worker = start_worker(tmp_path, tiny_base, {"epochs": 100, "batch_size": 2})
@@ -334,6 +334,9 @@ def test_sigterm_stops_the_worker_at_a_step_boundary_as_cancelled(
     assert result["status"] == "cancelled"
     assert 1 <= result["steps"] < result["total_steps"] == 1600
     assert not (tmp_path / "adapter").exists()
+    # It saved where it stopped, ready to resume.
+    assert result["checkpoints"][-1]["step"] == result["steps"]
+    assert (Path(result["checkpoints"][-1]["path"]) / "trainer_state.pt").is_file()
 
 
 def test_the_worker_fails_with_the_parameter_error_on_bad_params(

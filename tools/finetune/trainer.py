@@ -447,7 +447,7 @@ class Trainer:
 
         if cancelled and self.saved_step != progress.step:
             self._checkpoint(validate=False)
-        output = self._choose_output()
+        output = None if cancelled else self._choose_output()
         return TrainResult(
             model=self.model,
             cancelled=cancelled,
