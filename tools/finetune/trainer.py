@@ -430,12 +430,12 @@ class Trainer:
         self.model.train()
         first_epoch, skip = divmod(progress.step, self.steps_per_epoch)
         for epoch in range(first_epoch, self.params.epochs):
-            batches = make_batches(self.lengths, self.params.batch_size, self._epoch_seed(epoch))
+            batches = self.epoch_batches(epoch)
             for batch in batches[skip if epoch == first_epoch else 0 :]:
                 if self.world.any(self._should_stop()):
                     cancelled = True
                     break
-                self._train_step(batch, epoch)
+                self.train_step(batch)
                 due = progress.step % self.checkpoint_every == 0
                 if due or progress.step == self.total_steps:
                     self._checkpoint()
@@ -466,10 +466,11 @@ class Trainer:
             checkpoints=self._checkpoint_summaries(),
         )
 
-    def _epoch_seed(self, epoch: int) -> int:
-        return self.params.seed * 1000 + epoch
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batches of training example indices of one epoch, in training order."""
+        return make_batches(self.lengths, self.params.batch_size, self.params.seed * 1000 + epoch)
 
-    def _train_step(self, batch: list[int], epoch: int) -> None:
+    def train_step(self, batch: list[int]) -> None:
         """One optimiser step over one batch, shared out between the processes."""
         progress = self.progress
         started = time.monotonic()
