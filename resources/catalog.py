@@ -1,4 +1,4 @@
-"""Read-only resources: runs with their logs and metrics, dataset reports, eval predictions."""
+"""Read-only resources: runs (logs, metrics, events), dataset reports, eval predictions."""
 
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def register(app: MCPServer, services: Services) -> None:
     def run_metrics(run_id: str) -> str:
         """A run's metric series: one JSON object per line (steps and validations)."""
         events = jobs.read_events(Path(get_run(services, run_id)["folder"]))
+        return "".join(json.dumps(event) + "\n" for event in events)
+
+    @app.resource("turing://runs/{run_id}/events", mime_type="application/x-ndjson")
+    def run_events(run_id: str) -> str:
+        """A run's lifecycle events, one JSON object per line: queued, started, checkpoint,
+        validation, early_stopped, cancel_requested, finished, failed, reconciled, resumed,
+        output_selected."""
+        folder = Path(get_run(services, run_id)["folder"])
+        events = jobs.read_events(folder, jobs.EVENTS_NAME)
         return "".join(json.dumps(event) + "\n" for event in events)
 
     @app.resource("turing://datasets/{dataset_id}/report", mime_type="application/json")

@@ -1,4 +1,8 @@
-"""Assemble the MCP server: shared services plus every stage's tools and the resources."""
+"""Assemble the MCP server: shared services, every stage's tools, the resources, the scheduler.
+
+`create_app` settles jobs left over from a previous server process, then starts the scheduler
+thread that starts queued runs and records finished jobs about once a second.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +18,49 @@ from turing.tools.datasets import mcp_tools as dataset_tools
 from turing.tools.deploy import mcp_tools as deploy_tools
 from turing.tools.evals import mcp_tools as eval_tools
 from turing.tools.finetune import mcp_tools as finetune_tools
+from turing.tools.finetune import runs
 from turing.tools.query import mcp_tools as query_tools
 
 logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 Turing runs the whole life of a small custom language model on this machine.
-The loop: prepare_dataset (a local JSONL/CSV file -> dataset_id) -> start_finetune (-> run_id;
-poll get_run until succeeded) -> run_eval on the run (-> eval_id; poll get_eval: exact match of
-the fine-tuned model beside the base) -> deploy the run under a deployment name ->
-query_model(model=<deployment>). Long work returns an id at once; poll for its status.
+The loop: prepare_dataset (a local JSONL/CSV file -> dataset_id) -> start_finetune (-> run_id,
+queued until a training slot is free; wait_for_run until succeeded) -> run_eval on the run
+(-> eval_id; poll get_eval: exact match of the fine-tuned model beside the base) -> deploy the
+run under a deployment name -> query_model(model=<deployment>). Long work returns an id at
+once; wait or poll for its status. A failed or cancelled run continues with resume_run.
 """
 
 
 def create_app(services: Services | None = None) -> MCPServer:
-    """Build the Turing MCP server over a workspace (TURING_HOME by default)."""
+    """Build the Turing MCP server over a workspace (TURING_HOME by default).
+
+    The scheduler thread it starts runs until `services.jobs.stop_ticking()` (a daemon thread,
+    so it never keeps the process alive).
+    """
     services = services or Services.open()
+    limit = runs.max_running()  # a bad TURING_MAX_RUNNING stops the server here, not every tick
     jobs.reconcile_all(services)
 
-    app = MCPServer(name="turing", version=__version__, instructions=INSTRUCTIONS)
+    app = MCPServer(
+        name="turing",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        extensions=[finetune_tools.RunTasks(services)],
+    )
     for stage in (dataset_tools, finetune_tools, eval_tools, deploy_tools, query_tools):
         stage.register(app, services)
     catalog.register(app, services)
     _forbid_unknown_arguments(app)
-    logger.info("turing %s serving workspace %s", __version__, services.workspace.home)
+
+    services.jobs.start_ticking(lambda: runs.advance(services))
+    logger.info(
+        "turing %s serving workspace %s (up to %d runs at once)",
+        __version__,
+        services.workspace.home,
+        limit,
+    )
     return app
 
 

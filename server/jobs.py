@@ -1,8 +1,13 @@
-"""Child-process jobs: start a worker module on a job folder, watch it, read its result.
+"""Child-process jobs: start a worker module on a job folder, watch it, stop it, tick a scheduler.
 
 A worker reads `job.json` from its folder and writes `result.json` (atomically) when it ends;
 its stdout and stderr both go to `log.txt`, so no pipe can fill up and stall it. Workers run in
-their own session, so they outlive the MCP client and the server that started them.
+their own session (and process group), so they outlive the MCP client and the server that
+started them. A worker launched with several processes runs under `torch.distributed.run`.
+
+The supervisor also owns the scheduler thread: a daemon thread that calls one function about
+once a second (and at once when woken), so queued jobs start and finished ones are recorded
+without any client polling.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +27,126 @@ logger = logging.getLogger(__name__)
 
 LOG_NAME = "log.txt"
 RESULT_NAME = "result.json"
+JOB_NAME = "job.json"
+TICK_SECONDS = 1.0
 
 
 class JobSupervisor:
-    """Starts worker processes and tells whether each is still alive."""
+    """Starts worker processes, tells whether each is still alive, and runs the scheduler."""
 
     def __init__(self) -> None:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children_lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
 
-    def start(self, module: str, folder: Path, job: dict[str, Any]) -> int:
-        """Write the job description into the folder and start `python -m module folder`."""
-        write_json_atomic(folder / "job.json", job)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    def start(
+        self,
+        module: str,
+        folder: Path,
+        job: dict[str, Any] | None = None,
+        *,
+        processes: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        """Start `python -m module folder` and return its pid.
+
+        Args:
+            module: The worker module to run.
+            folder: The job folder, passed as the worker's only argument.
+            job: Written to `job.json` first when given; otherwise the folder already has one.
+            processes: More than 1 launches the module under `torch.distributed.run` with that
+                many processes on this machine (`--standalone`); the pid is the launcher's.
+            env: Variables to set for the worker on top of this process's environment.
+        """
+        if job is not None:
+            write_json_atomic(folder / JOB_NAME, job)
+        command = [sys.executable, "-m", module, str(folder)]
+        if processes > 1:
+            launcher = ["-m", "torch.distributed.run", "--standalone"]
+            command[1:1] = [*launcher, f"--nproc_per_node={processes}"]
+        variables = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        variables.update(env or {})
         with open(folder / LOG_NAME, "ab") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", module, str(folder)],
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
-                env=env,
+                env=variables,
                 start_new_session=True,
             )
-        self._children[child.pid] = child
-        logger.info("started %s pid=%d in %s", module, child.pid, folder)
+        with self._children_lock:
+            self._children[child.pid] = child
+        logger.info("started %s pid=%d processes=%d in %s", module, child.pid, processes, folder)
         return child.pid
 
     def is_alive(self, pid: int | None, folder: Path) -> bool:
         """Whether the worker for this folder is still running (also after a server restart)."""
         if not pid:
             return False
-        child = self._children.get(pid)
+        with self._children_lock:
+            child = self._children.get(pid)
         if child is not None:
-            alive = child.poll() is None
+            alive = child.poll() is None  # also reaps a finished child
             if not alive:
-                del self._children[pid]
+                with self._children_lock:
+                    self._children.pop(pid, None)
             return alive
         return _process_runs_folder(pid, folder)
 
     def stop(self, pid: int | None, folder: Path) -> bool:
-        """Ask a worker to stop (SIGTERM); it saves what it can and writes its result."""
+        """Ask a worker to stop (SIGTERM); it saves what it can and writes its result.
+
+        The signal goes to the worker's whole process group, so every process of a
+        `torch.distributed.run` launch hears it at once.
+        """
         if not self.is_alive(pid, folder):
             return False
         assert pid is not None
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            os.kill(pid, signal.SIGTERM)
         logger.info("asked pid=%d (%s) to stop", pid, folder)
         return True
+
+    def start_ticking(self, tick: Callable[[], None], interval: float = TICK_SECONDS) -> None:
+        """Call `tick` on a daemon thread every `interval` seconds until `stop_ticking`.
+
+        An exception in `tick` is logged and the next tick comes as usual. `wake` makes the
+        next tick come at once.
+        """
+        if self._ticker is not None and self._ticker.is_alive():
+            raise RuntimeError("the scheduler thread is already running")
+        self._stopping.clear()
+        self._ticker = threading.Thread(
+            target=self._tick_forever, args=(tick, interval), name="turing-scheduler", daemon=True
+        )
+        self._ticker.start()
+
+    def wake(self) -> None:
+        """Make the scheduler tick now instead of at its next interval."""
+        self._wake.set()
+
+    def stop_ticking(self, timeout: float = 30.0) -> None:
+        """Stop the scheduler thread, waiting for a tick in progress to finish."""
+        self._stopping.set()
+        self._wake.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout)
+            self._ticker = None
+
+    def _tick_forever(self, tick: Callable[[], None], interval: float) -> None:
+        while not self._stopping.is_set():
+            # Cleared before the tick, so a wake during the tick brings the next one at once.
+            self._wake.clear()
+            try:
+                tick()
+            except Exception:
+                logger.exception("scheduler tick failed")
+            self._wake.wait(interval)
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:

@@ -107,7 +107,17 @@ def _dataset_lineage(db: sqlite_utils.Database) -> None:
     datasets.add_column("max_seq_len", int)
 
 
+def _run_queue(db: sqlite_utils.Database) -> None:
+    runs = db.table("runs")
+    runs.add_column("queued_at", str)
+    runs.add_column("started_at", str)
+    runs.add_column("attempts", int)
+    db.execute("UPDATE runs SET queued_at = created_at, started_at = created_at, attempts = 1")
+    runs.create_index(["status", "queued_at"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
+    (3, "run queue: queued_at, started_at, attempts", _run_queue),
 ]

@@ -140,7 +140,7 @@ async def wait_for_run(session: Session, run_id: str) -> dict[str, Any]:
                 refresh=False,
             )
             bar.refresh()
-        if run["status"] not in ("running", "cancelling"):
+        if run["status"] not in ("queued", "running", "cancelling"):
             bar.close()
             if run["status"] != "succeeded":
                 raise LifecycleError(f"run {run_id} {run['status']}: {run['error']}")

@@ -18,7 +18,7 @@ async def wait_until_done(
     deadline = loop.time() + timeout
     while True:
         found = await session.call(tool, **{key: item_id})
-        if found["status"] not in ("running", "cancelling"):
+        if found["status"] not in ("queued", "running", "cancelling"):
             return found
         assert loop.time() < deadline, f"{item_id} still {found['status']} after {timeout} s"
         await asyncio.sleep(0.5)

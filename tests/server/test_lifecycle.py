@@ -81,7 +81,7 @@ async def test_every_stage_runs_through_the_mcp_tools(
         base_model="tiny",
         hyperparameters={"epochs": 4, "batch_size": 4, "learning_rate": 0.01},
     )
-    assert started["status"] == "running"
+    assert started["status"] in ("queued", "running")
     run = await wait_until_done(session, "get_run", "run_id", started["run_id"])
     assert run["status"] == "succeeded", run["error"]
     assert run["progress"]["step"] == run["progress"]["total_steps"] == run["result"]["steps"]
@@ -163,7 +163,7 @@ async def test_a_cancelled_run_ends_cancelled(
         (
             "start_finetune",
             {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
-            "unknown parameter 'lr'.*lora_rank=0: must be an integer",
+            "lora_rank=0: must be an integer.*unknown parameter 'lr'.*no dataset 'ds-x'",
         ),
         ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
         ("prepare_dataset", {"path": "data/tickets.jsonl"}, "not an absolute path"),
@@ -225,4 +225,4 @@ def test_listing_tools_loads_neither_torch_nor_a_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "13 []"
+    assert done.stdout.strip() == "17 []"

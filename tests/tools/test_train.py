@@ -108,6 +108,28 @@ def test_loss_mask_covers_exactly_the_assistant_tokens_and_end_of_turn(
     assert tiny_tokenizer.decode(context) == rendered.removesuffix("\n")
 
 
+def test_the_end_of_turn_token_is_trained_although_it_is_also_the_padding_token(
+    tiny_base: Path, tiny_tokenizer: Any
+) -> None:
+    from turing.tools.finetune.trainer import collate
+    from turing.tools.modeling import end_of_turn_id
+
+    template = read_chat_template(tiny_base)
+    end = end_of_turn_id(tiny_tokenizer, template)
+    assert tiny_tokenizer.pad_token_id == tiny_tokenizer.eos_token_id == end  # SmolLM2's setup
+    short, long = (
+        tokenize_conversation(CONVERSATIONS[name], tiny_tokenizer, template, 512)
+        for name in ("no system prompt", "two turns")
+    )
+    input_ids, labels, tokens = collate([short, long], tiny_tokenizer.pad_token_id, "cpu")
+
+    size = len(short.input_ids)
+    assert labels[0, size - 1].item() == end  # the answer's last token: end of turn, trained
+    assert labels[0, size:].eq(IGNORE).all()  # the same id as padding: not trained
+    assert input_ids[0, size:].eq(end).all()
+    assert tokens == len(short.input_ids) + len(long.input_ids)
+
+
 def test_tool_calls_are_trained_as_text_when_the_template_has_no_tool_support(
     tiny_base: Path, tiny_tokenizer: Any
 ) -> None:

@@ -966,6 +966,7 @@ def _parameter_problems(given: dict[str, Any]) -> list[Problem]:
             parse_params({key: value})
         except InvalidInputError as exc:
             message = str(exc).removeprefix("invalid training parameters: ")
+            message = message.removeprefix(f"{key}={value!r}: ")  # the field already says so
             problems.append(_error(f"hyperparameters.{key}", value, message))
     return problems
 
