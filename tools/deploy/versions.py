@@ -6,6 +6,7 @@ import hashlib
 import logging
 import random
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from turing.tools.errors import InvalidInputError, NotFoundError
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.gguf"
+TORCH_ADAPTER = "adapter"  # the PyTorch (peft) adapter the GGUF was exported from
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Deploys run in worker threads; one at a time keeps version ids and revision numbers unique.
 _DEPLOY_LOCK = threading.Lock()
@@ -115,8 +117,15 @@ def _register_version(services: Services, run: dict[str, Any], source: Path) -> 
         return existing
 
     base = get_base_model(services, run["base_model"])
-    out = services.workspace.folder("models", version_id) / ADAPTER_FILE
+    folder = services.workspace.folder("models", version_id)
+    out = folder / ADAPTER_FILE
     export_lora_adapter(source, Path(base["gguf_path"]), out)
+    # The version keeps its own copy of the PyTorch adapter: the run's output can later be
+    # switched to another checkpoint (select_checkpoint), which must not change this version.
+    keep = folder / TORCH_ADAPTER
+    keep.mkdir(exist_ok=True)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy2(source / name, keep / name)
     row = {
         "id": version_id,
         "run_id": run["id"],
@@ -200,14 +209,16 @@ def _version_target(
 ) -> ModelTarget:
     version = services.registry.get("model_versions", version_id, "model version")
     base = get_base_model(services, version["base_model"])
+    kept = Path(version["gguf_path"]).parent / TORCH_ADAPTER
     run = services.registry.find("runs", version["run_id"]) or {}
+    adapter_dir = str(kept) if kept.is_dir() else (run.get("result") or {}).get("adapter_dir")
     return ModelTarget(
         kind="deployment" if deployment else "version",
         name=deployment or version_id,
         base_model=base["name"],
         base_gguf=base["gguf_path"],
         adapter_gguf=version["gguf_path"],
-        adapter_dir=(run.get("result") or {}).get("adapter_dir"),
+        adapter_dir=adapter_dir,
         version_id=version_id,
         deployment=deployment,
         revision=revision,

@@ -371,9 +371,10 @@ class Trainer:
         self._check_compatible(manifest, what, exact=what == "resume checkpoint")
         weights = load_file(str(folder / "adapter_model.safetensors"), device=str(self.device))
         outcome = set_peft_model_state_dict(self.model, weights)
-        if getattr(outcome, "unexpected_keys", None):
+        unexpected = list(getattr(outcome, "unexpected_keys", None) or [])
+        if unexpected:
             raise InvalidInputError(
-                f"{what} {folder} holds weights this adapter lacks: {outcome.unexpected_keys[:3]}"
+                f"{what} {folder} holds weights this adapter lacks: {unexpected[:3]}"
             )
         return manifest
 
