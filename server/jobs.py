@@ -88,13 +88,14 @@ class JobSupervisor:
             return False
         with self._children_lock:
             child = self._children.get(pid)
+        if child is not None and child.poll() is None:  # poll also reaps a finished child
+            return True
         if child is not None:
-            alive = child.poll() is None  # also reaps a finished child
-            if not alive:
-                with self._children_lock:
-                    self._children.pop(pid, None)
-            return alive
-        return _process_runs_folder(pid, folder)
+            with self._children_lock:
+                self._children.pop(pid, None)
+        # The worker's own process, or one it started (torchrun's ranks outlive a killed
+        # launcher), still working on this folder.
+        return _process_runs_folder(pid, folder) or _group_runs_folder(pid, folder)
 
     def stop(self, pid: int | None, folder: Path) -> bool:
         """Ask a worker to stop (SIGTERM); it saves what it can and writes its result.
@@ -180,3 +181,22 @@ def _process_runs_folder(pid: int, folder: Path) -> bool:
     except OSError:
         return False
     return str(folder).encode() in cmdline
+
+
+def _group_runs_folder(group: int, folder: Path) -> bool:
+    """Whether any process of process group `group` was started on this folder.
+
+    Workers start in their own session, so their group id is their own pid and every process
+    they start (torchrun's ranks) shares it.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name in field 2 may hold spaces; the fields after its ")" are plain.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group and _process_runs_folder(int(entry.name), folder):
+                return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False

@@ -129,7 +129,8 @@ def refresh(
         return row
 
     result = read_result(folder)
-    if result is None:
+    died = result is None
+    if died:
         result = _missing_result(row, folder, at_startup)
     resume: dict[str, Any] = {}
     if table == "runs" and result.get("status") in ("failed", "cancelled"):
@@ -149,6 +150,8 @@ def refresh(
     if at_startup:
         message = f"left {row['status']} by the last server, worker gone: now {changes['status']}"
         append_event(folder, "reconciled", message, status=changes["status"], **resume)
+    elif died and table == "runs":
+        append_event(folder, "failed", changes["error"] or "the worker died", **resume)
     return {**row, **changes}
 
 

@@ -377,6 +377,22 @@ async def test_checkpoints_of_a_run_can_become_its_output_or_seed_a_compatible_r
     with pytest.raises(LifecycleError, match=f"no checkpoint at step 999 .steps: {steps[0]}"):
         await runs_session.call("select_checkpoint", run_id=run["run_id"], step=999)
 
+    # Choices made at the same time: the files in adapter/ are those of the step recorded.
+    await asyncio.gather(
+        *(
+            runs_session.call("select_checkpoint", run_id=run["run_id"], step=step)
+            for step in steps * 3
+        )
+    )
+    final = await runs_session.call("get_run", run_id=run["run_id"])
+    adapter = Path(final["result"]["adapter_dir"])
+    recorded = final["output_step"]
+    assert json.loads((adapter / "source.json").read_text())["step"] == recorded
+    folder = adapter.parent / "checkpoints" / f"step-{recorded:06d}"
+    weights = "adapter_model.safetensors"
+    assert (adapter / weights).read_bytes() == (folder / weights).read_bytes()
+    assert not list(adapter.parent.glob(".adapter*"))
+
     ref = f"{run['run_id']}/step-{earlier:06d}"
     with pytest.raises(
         LifecycleError, match="lora_rank: the checkpoint has 8, this run asks for 4"
@@ -391,7 +407,7 @@ async def test_checkpoints_of_a_run_can_become_its_output_or_seed_a_compatible_r
     seeded = await start_from(runs_session, dataset_id, run["run_id"])
     assert seeded["hyperparameters"]["lora_rank"] == 8  # taken from the checkpoint
     job = json.loads((tmp_path / "home" / "runs" / seeded["run_id"] / "job.json").read_text())
-    assert job["init_checkpoint"].endswith(f"{run['run_id']}/checkpoints/step-{earlier:06d}")
+    assert job["init_checkpoint"].endswith(f"{run['run_id']}/checkpoints/step-{recorded:06d}")
     assert job["processes"] == 1 and job["resume"] is False
     assert (await wait_for(runs_session, seeded["run_id"]))["status"] == "succeeded"
 
@@ -411,8 +427,12 @@ async def start_from(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"processes": 0}, "processes=0: must be from 1 to 64"),
-        ({"processes": 65}, "processes=65: must be from 1 to 64"),
+        ({"processes": 0}, "processes=0: must be an integer from 1 to 64"),
+        ({"processes": 65}, "processes=65: must be an integer from 1 to 64"),
+        (
+            {"processes": 0, "hyperparameters": {"epochs": 0}, "dataset_id": "ds-none"},
+            "3 problem.*processes=0.*epochs=0.*no dataset 'ds-none'",
+        ),
         ({"from_checkpoint": "run-missing"}, "no run 'run-missing'"),
     ],
 )
@@ -422,7 +442,7 @@ async def test_start_finetune_refuses_bad_job_settings(
     dataset_id = await prepare(runs_session, tmp_path, tiny_base)
     with pytest.raises(LifecycleError, match=message):
         await runs_session.call(
-            "start_finetune", dataset_id=dataset_id, base_model="tiny", **arguments
+            "start_finetune", **{"dataset_id": dataset_id, "base_model": "tiny", **arguments}
         )
     assert await runs_session.call("list_runs") == []
 
@@ -487,6 +507,33 @@ def _wait_exit(supervisor: JobSupervisor, pid: int, folder: Path, timeout: float
     while supervisor.is_alive(pid, folder):
         assert time.monotonic() < deadline, (folder / LOG_NAME).read_bytes()[-2000:]
         time.sleep(0.1)
+
+
+def test_a_worker_counts_as_alive_while_a_process_it_started_works_on_its_folder(
+    tmp_path: Path,
+) -> None:
+    # As torchrun's ranks do when their launcher is killed: the launcher is gone, they train on.
+    package = tmp_path / "modules"
+    package.mkdir()
+    (package / "launcher.py").write_text(
+        "import subprocess, sys\n"
+        "folder = sys.argv[1]\n"
+        "code = 'import time; time.sleep(120)'\n"
+        "child = subprocess.Popen([sys.executable, '-c', code, folder])\n"
+        "open(folder + '/child.pid', 'w').write(str(child.pid))\n"
+    )
+    folder = tmp_path / "job"
+    folder.mkdir()
+    supervisor = JobSupervisor()
+    pid = supervisor.start("launcher", folder, {}, env={"PYTHONPATH": str(package)})
+    deadline = time.monotonic() + 60
+    while not (folder / "child.pid").exists() or supervisor._children[pid].poll() is None:
+        assert time.monotonic() < deadline, (folder / LOG_NAME).read_text()
+        time.sleep(0.1)
+
+    assert supervisor.is_alive(pid, folder)  # the launcher exited; its child works on
+    assert supervisor.stop(pid, folder)  # and a stop reaches the child
+    _wait_exit(supervisor, pid, folder)
 
 
 def test_events_appended_at_once_from_many_threads_stay_whole_lines(tmp_path: Path) -> None:

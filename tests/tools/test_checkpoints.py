@@ -117,6 +117,9 @@ def test_a_run_killed_and_resumed_ends_exactly_as_an_uninterrupted_one(
     assert resumed["steps"] == expected["steps"] == 24
     events = [e["type"] for e in read_lines(broken / "events.jsonl")]
     assert events.count("started") == 2 and "resumed" in events
+    # The steps the killed attempt logged after its checkpoint were dropped and logged again.
+    logged = [e["step"] for e in read_lines(broken / "metrics.jsonl") if e["type"] == "step"]
+    assert logged == list(range(1, 25))
     # Only the newest checkpoint keeps the optimiser state; every one keeps its adapter.
     saved = checkpoints.list_checkpoints(broken)
     assert [m["step"] for m in saved] == list(range(2, 25, 2))

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -183,17 +184,14 @@ def set_output(run_dir: Path, manifest: dict[str, Any]) -> Path:
         )
     source = Path(manifest["path"])
     final = run_dir / OUTPUT
-    temporary = run_dir / f".{OUTPUT}.tmp"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
+    temporary = Path(tempfile.mkdtemp(prefix=f".{OUTPUT}-", suffix=".tmp", dir=run_dir))
     for name in manifest["files"]:
         if name.startswith("adapter_"):
             shutil.copy2(source / name, temporary / name)
     write_json_atomic(
         temporary / "source.json", {"step": manifest["step"], "checkpoint": source.name}
     )
-    old = run_dir / f".{OUTPUT}.old"
-    shutil.rmtree(old, ignore_errors=True)
+    old = temporary.with_suffix(".old")
     if final.exists():
         os.replace(final, old)
     os.replace(temporary, final)

@@ -98,7 +98,9 @@ def register(app: MCPServer, services: Services) -> None:
         model or template, a max_seq_len that would leave rows without an answer. With probe
         (about a minute), a child process runs three real training steps and extrapolates the
         run's steps, tokens, seconds and peak memory; without it the estimate is static.
-        Takes the same arguments as start_finetune; ok is true when nothing blocks a start.
+        Takes dataset_id, base_model and hyperparameters as start_finetune does; ok is true
+        when nothing blocks a start. One probe runs at a time; meanwhile others get a static
+        estimate.
         """
         return preflight.preflight(services, dataset_id, base_model, hyperparameters, probe)
 

@@ -20,6 +20,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -983,6 +984,20 @@ def _token_counter(services: Services, gguf: Path, problems: list[Problem]) -> T
         return None
 
 
+_PROBE_SLOT = threading.BoundedSemaphore(1)
+_PROBE_BUSY = _warning(
+    "probe",
+    True,
+    "another probe is running, so this estimate is static",
+    "call again when it is done for a measured estimate",
+)
+_RUN_TRAINING = _warning(
+    "probe",
+    True,
+    "a run is training now and shares the processors, so the measured time is pessimistic",
+)
+
+
 def preflight(
     services: Services,
     dataset_id: str,
@@ -1007,15 +1022,24 @@ def preflight(
     if request.dataset is not None and request.base is not None:
         gguf = Path(request.base["gguf_path"])
         ok = not any(problem.severity == "error" for problem in problems)
-        if ok and probe:
-            estimate, found = probe_in_child(
-                gguf,
-                split_path(services, dataset_id, "train"),
-                split_path(services, dataset_id, "validation"),
-                request.params,
-                timeout_s=timeout_s,
-            )
-            problems += found
+        if ok and probe and _PROBE_SLOT.acquire(blocking=False):
+            # One probe at a time: each loads a model (over 1 GB for SmolLM2) and holds a
+            # thread of the server for up to a minute.
+            try:
+                if services.registry.rows("runs", "status = 'running'"):
+                    problems.append(_RUN_TRAINING)
+                estimate, found = probe_in_child(
+                    gguf,
+                    split_path(services, dataset_id, "train"),
+                    split_path(services, dataset_id, "validation"),
+                    request.params,
+                    timeout_s=timeout_s,
+                )
+                problems += found
+            finally:
+                _PROBE_SLOT.release()
+        elif ok and probe:
+            problems.append(_PROBE_BUSY)
         if estimate is None:
             estimate = static_estimate(gguf, request.params, request.dataset)
     return {

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -39,7 +40,9 @@ MAX_PROCESSES = 64
 EVENTS_SHOWN = 5
 WAIT_POLL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 3600.0
-_CHECKPOINT_REF = re.compile(r"^(run-[0-9a-z]+)(?:/step-(\d+))?$")
+_CHECKPOINT_REF = re.compile(r"^(run-[0-9a-z]{1,32})(?:/step-(\d{1,9}))?$")
+_SELECT_LOCK = threading.Lock()
+RUN_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 # LoRA settings a checkpoint fixes: (manifest key, training parameter).
 _LORA_SHAPE = (("rank", "lora_rank"), ("alpha", "lora_alpha"), ("target_modules", "target_modules"))
 
@@ -62,10 +65,6 @@ def start_run(
     Unless given, max_seq_len is the one the dataset's rows were measured against, and with
     `from_checkpoint` the LoRA rank, alpha and target modules are the checkpoint's.
     """
-    if isinstance(processes, bool) or not isinstance(processes, int):
-        raise InvalidInputError(f"processes={processes!r}: must be an integer from 1 to 64")
-    if not 1 <= processes <= MAX_PROCESSES:
-        raise InvalidInputError(f"processes={processes}: must be from 1 to {MAX_PROCESSES}")
     if hyperparameters is not None and not isinstance(hyperparameters, dict):
         raise InvalidInputError(
             f'hyperparameters must be an object, e.g. {{"epochs": 2}}; got {hyperparameters!r}'
@@ -79,7 +78,16 @@ def start_run(
 
     # Every problem of the request at once, from the registry and the GGUF metadata alone.
     request = preflight.check_request(services, dataset_id, base_model, given)
+    bad_count = isinstance(processes, bool) or not isinstance(processes, int)
+    if bad_count or not 1 <= processes <= MAX_PROCESSES:
+        request.problems.insert(
+            0,
+            preflight.Problem(
+                "error", "processes", processes, f"must be an integer from 1 to {MAX_PROCESSES}"
+            ),
+        )
     preflight.raise_if_errors(request.problems)
+    warnings = [str(problem) for problem in request.problems if problem.severity == "warning"]
     assert request.base is not None
     base, params = request.base, request.params
     if from_checkpoint is not None:
@@ -119,7 +127,7 @@ def start_run(
     jobs.append_event(folder, "queued", note, processes=processes, init_checkpoint=init_checkpoint)
     logger.info("run %s queued on dataset %s over %s", run_id, dataset_id, base["name"])
     services.jobs.wake()
-    return describe_run(services, run_id)
+    return {**describe_run(services, run_id), "warnings": warnings}
 
 
 def max_running() -> int:
@@ -210,6 +218,7 @@ def describe_run(services: Services, run_id: str) -> dict[str, Any]:
             for c in checkpoints.list_checkpoints(folder)
         ],
         "output_step": result.get("output_step"),
+        "output_metrics": result.get("output_metrics"),
         "resumable": bool(result.get("resumable")) and row["status"] in ("failed", "cancelled"),
         "resume_step": result.get("resume_step"),
         "events": jobs.read_events(folder, jobs.EVENTS_NAME)[-EVENTS_SHOWN:],
@@ -236,6 +245,8 @@ def queue_position(services: Services, row: dict[str, Any]) -> int | None:
 
 def list_runs(services: Services, status: str | None = None) -> list[dict[str, Any]]:
     """Every run, newest first, optionally only those with one status."""
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidInputError(f"status={status!r}: must be one of {', '.join(RUN_STATUSES)}")
     rows = services.registry.rows("runs", order_by="created_at desc")
     rows = [jobs.refresh(services, "runs", row) for row in rows]
     return [
@@ -378,11 +389,18 @@ def select_checkpoint(services: Services, run_id: str, step: int) -> dict[str, A
         )
     folder = Path(row["folder"])
     manifest = checkpoints.find_checkpoint(folder, step)
-    adapter = checkpoints.set_output(folder, manifest)
-
-    previous = (row["result"] or {}).get("output_step")
-    result = {**(row["result"] or {}), "output_step": step, "adapter_dir": str(adapter.resolve())}
-    services.registry.update("runs", run_id, {"result": result})
+    # One choice at a time: the files in adapter/ and the step recorded must be the same one.
+    with _SELECT_LOCK:
+        adapter = checkpoints.set_output(folder, manifest)
+        row = services.registry.get("runs", run_id)
+        previous = (row["result"] or {}).get("output_step")
+        result = {
+            **(row["result"] or {}),
+            "output_step": step,
+            "output_metrics": manifest.get("metrics", {}),
+            "adapter_dir": str(adapter.resolve()),
+        }
+        services.registry.update("runs", run_id, {"result": result})
     jobs.append_event(
         folder,
         "output_selected",

@@ -109,6 +109,33 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def forget_steps_after_checkpoint(run_dir: Path) -> None:
+    """Drop the metrics a killed attempt logged after the checkpoint a resume starts from.
+
+    The resumed attempt logs those steps again, so the series stays one value per step;
+    events.jsonl keeps the history of both attempts.
+    """
+    latest = checkpoints.latest_resumable(run_dir)
+    path = run_dir / METRICS_NAME
+    if latest is None or not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+        if _step_of(line) <= latest["step"]
+    ]
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(kept), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _step_of(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")  # a half-written line from the killed attempt
+
+
 def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any]:
     """Train the job described by RUN_DIR/job.json and return the result to record."""
     from turing.tools.chat import read_chat_template
@@ -131,6 +158,9 @@ def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any
         len(validation_rows),
         f", {world.size} processes" if world.distributed else "",
     )
+
+    if job.get("resume") and world.is_main:
+        forget_steps_after_checkpoint(run_dir)
 
     # Training
     model, tokenizer = load_model(base)
@@ -155,6 +185,8 @@ def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any
     # Outcome
     summary = result.summary()
     summary["seconds"] = round(result.seconds, 3)
+    chosen = [c for c in result.checkpoints if c["step"] == result.output_step]
+    summary["output_metrics"] = chosen[0]["metrics"] if chosen else None
     if result.cancelled:
         logger.info("run %s cancelled after %d steps", run_dir.name, result.steps)
         return {"status": "cancelled", "error": None, **summary}
