@@ -63,17 +63,17 @@ KINDS = ("baseline", "ours")
 # ---- Data and parameters (shared by both children) ----
 
 
-def banking77_rows(count: int) -> list[dict[str, Any]]:
-    """A seeded sample of Banking77 training rows as chat conversations."""
+def banking77_rows(count: int, split: str = "train") -> list[dict[str, Any]]:
+    """A seeded sample of Banking77 rows (train.csv or test.csv) as chat conversations."""
     configured = os.environ.get("TURING_SHARED_DATA")
     folder = Path(configured) if configured else REPO.parent / "shared" / "data"
-    path = folder / "banking77" / "train.csv"
+    path = folder / "banking77" / f"{split}.csv"
     if not path.is_file():
         sys.exit(f"Banking77 not found at {path}; set TURING_SHARED_DATA to the shared data folder")
     with open(path, newline="", encoding="utf-8") as handle:
         source = list(csv.DictReader(handle))
     if not 1 <= count <= len(source):
-        sys.exit(f"--rows must be between 1 and {len(source)}, got {count}")
+        sys.exit(f"the {split} row count must be between 1 and {len(source)}, got {count}")
 
     rows = []
     for row in random.Random(SEED).sample(source, count):
@@ -128,6 +128,43 @@ def block_weights(model: Any) -> int:
 def peak_rss_mib() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def held_out(model: Any, tokenizer: Any, template: Any, count: int) -> dict[str, float]:
+    """Answer-token loss and next-token accuracy of a trained model on Banking77 test rows.
+
+    The same code scores both configurations, each in the precision it trained in, so the two
+    numbers compare the models themselves; the training curves also depend on how each run
+    forms and weights its batches.
+    """
+    import torch
+    import torch.nn.functional as functional
+
+    from turing.tools.finetune.train import IGNORE, tokenize_rows
+
+    examples, _ = tokenize_rows(banking77_rows(count, "test"), tokenizer, template, 512)
+    causal_lm = model.get_base_model()
+    bf16 = next(causal_lm.model.parameters()).dtype == torch.bfloat16
+    pad_id = tokenizer.eos_token_id
+    loss, correct, answers = 0.0, 0, 0
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(examples), 16):
+            batch = examples[start : start + 16]
+            width = max(len(example.input_ids) for example in batch)
+            ids = [e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in batch]
+            labels = torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in batch])
+            mask = [[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in batch]
+            hidden = causal_lm.model(
+                input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)
+            ).last_hidden_state
+            targets = labels[:, 1:]
+            keep = targets != IGNORE
+            logits = causal_lm.lm_head(hidden[:, :-1][keep]).float()
+            loss += float(functional.cross_entropy(logits, targets[keep], reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == targets[keep]).sum())
+            answers += int(keep.sum())
+    return {"loss": round(loss / answers, 4), "accuracy": round(correct / answers, 4)}
 
 
 class Clock:
@@ -261,6 +298,7 @@ def run_baseline(args: argparse.Namespace) -> dict[str, Any]:
         "block_weights": block_weights(model),
         "lora_weights": sum(p.numel() for p in trainable),
         "losses": losses,
+        "held_out": held_out(model, tokenizer, template, args.held_out_rows),
         "loaded_rss_mib": round(loaded_rss, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
@@ -298,6 +336,7 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
         "block_weights": block_weights(result.model),
         "lora_weights": result.trainable_parameters,
         "losses": [event["loss"] for event in events],
+        "held_out": held_out(result.model, tokenizer, template, args.held_out_rows),
         "loaded_rss_mib": round(loaded_rss, 1),
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
@@ -335,7 +374,7 @@ def matmul_rate(dtype_name: str, threads: int, size: int = 2048, tries: int = 7)
 
 def run_child(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", kind]
-    for name in ("rows", "epochs", "batch_size", "learning_rate", "threads"):
+    for name in ("rows", "epochs", "batch_size", "learning_rate", "threads", "held_out_rows"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -398,7 +437,7 @@ def summarise(runs: dict[str, list[dict]], rates: dict[str, float], args: argpar
     for kind in KINDS:
         speed = statistics.median(run["tokens_per_second"] for run in runs[kind])
         seconds = statistics.median(run["seconds"] for run in runs[kind])
-        achieved = model_flops(runs[kind][0], vocab_columns) / seconds
+        achieved = model_flops(runs[kind][0], vocab_columns) / runs[kind][0]["tokens"] * speed
         report[kind] = {
             "tokens_per_second": round(speed, 1),
             "tokens_per_second_each": [run["tokens_per_second"] for run in runs[kind]],
@@ -426,11 +465,16 @@ def summarise(runs: dict[str, list[dict]], rates: dict[str, float], args: argpar
     report["loss"] = loss_report(
         runs["baseline"][0]["losses"], runs["ours"][0]["losses"], args.window, per_epoch
     )
+    report["held_out"] = {
+        "rows": args.held_out_rows,
+        "baseline": runs["baseline"][0]["held_out"],
+        "ours": runs["ours"][0]["held_out"],
+    }
     return report
 
 
 def table(report: dict[str, Any]) -> str:
-    base, ours, loss = report["baseline"], report["ours"], report["loss"]
+    base, ours, loss, held = (report[key] for key in ("baseline", "ours", "loss", "held_out"))
     lines = [
         f"bf16 matmul: {report['bf16_matmul_flops'] / 1e9:.1f} GFLOP/s, "
         f"fp32: {report['fp32_matmul_flops'] / 1e9:.1f} GFLOP/s ({report['threads']} threads); "
@@ -461,6 +505,9 @@ def table(report: dict[str, Any]) -> str:
         f"{loss['final_loss_ours']:>14.4f}",
         f"max |difference| {loss['max_abs_difference']}, windows within noise "
         f"{loss['windows_within_noise']}",
+        f"{'held-out loss':22}{held['baseline']['loss']:>14.4f}{held['ours']['loss']:>14.4f}",
+        f"{'held-out accuracy':22}{held['baseline']['accuracy']:>14.4f}"
+        f"{held['ours']['accuracy']:>14.4f}",
         f"speedup {report['speedup']}x (ratio of medians; of the best runs "
         f"{report['speedup_of_best_runs']}x): {'meets' if report['speed_goal_met'] else 'misses'} "
         f"the {SPEED_GOAL:g}x goal; peak RSS "
@@ -482,6 +529,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each run")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each configuration")
     parser.add_argument("--window", type=int, default=8, help="steps per loss-curve point")
+    parser.add_argument(
+        "--held-out-rows", type=int, default=160, help="Banking77 test rows scored after training"
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
