@@ -1,16 +1,21 @@
-"""Read-only resources: runs (logs, metrics, events), dataset reports, eval predictions."""
+"""Read-only resources: runs (logs, metrics, events), dataset reports, evaluations (reports,
+predictions, safety answers), deployments and the audit trail."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 from mcp.server.mcpserver import MCPServer
 
 from turing.server.jobs import LOG_NAME, tail_text
 from turing.server.services import Services
-from turing.tools import jobs
+from turing.tools import audit, jobs
 from turing.tools.deploy.versions import describe_deployments
+from turing.tools.evals.evals import get_eval
 from turing.tools.finetune.runs import get_run, list_runs
 
 
@@ -57,10 +62,56 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.resource("turing://evals/{eval_id}/predictions", mime_type="application/x-ndjson")
     def eval_predictions(eval_id: str) -> str:
-        """Every prediction of an evaluation with its reference and whether it matched."""
-        folder = Path(services.registry.get("evals", eval_id, "eval")["folder"])
-        path = folder / "predictions.jsonl"
+        """Every task row of an evaluation: the reference and, for each model scored (model,
+        base, champion), its answer, per-metric scores and whether it was wrong."""
+        return _predictions(eval_id, lambda line: True)
+
+    @app.resource("turing://evals/{eval_id}/predictions/wrong", mime_type="application/x-ndjson")
+    def eval_wrong_predictions(eval_id: str) -> str:
+        """The rows the evaluated model got wrong (by the first metric of the eval)."""
+        return _predictions(eval_id, lambda line: line["model"]["wrong"])
+
+    @app.resource(
+        "turing://evals/{eval_id}/predictions/label/{label}", mime_type="application/x-ndjson"
+    )
+    def eval_label_predictions(eval_id: str, label: str) -> str:
+        """The rows whose reference is one label (URL-encode the label)."""
+        wanted = unquote(label)
+        return _predictions(eval_id, lambda line: line.get("label") == wanted)
+
+    @app.resource("turing://evals/{eval_id}/safety", mime_type="application/x-ndjson")
+    def eval_safety(eval_id: str) -> str:
+        """Every safety prompt of an evaluation (harmful, safe, canaries) with each model's
+        answer, whether it refused (and by which rule), PII found, canary leaked."""
+        path = _eval_folder(eval_id) / "safety.jsonl"
         return path.read_text() if path.exists() else ""
+
+    @app.resource("turing://evals/{eval_id}/report", mime_type="application/json")
+    def eval_report(eval_id: str) -> str:
+        """An evaluation in full: request, scores with intervals, comparisons, verdict."""
+        found = get_eval(services, eval_id)
+        found["result"] = services.registry.get("evals", eval_id, "eval")["result"]
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://audit", mime_type="application/json")
+    def audit_trail() -> str:
+        """The audit trail, newest first: gates set, deploys, forced deploys with reasons."""
+        return json.dumps(audit.read(services), indent=2)
+
+    @app.resource("turing://deployments/{deployment}/audit", mime_type="application/json")
+    def deployment_audit(deployment: str) -> str:
+        """The audit trail of one deployment, newest first."""
+        return json.dumps(audit.read(services, deployment), indent=2)
+
+    def _eval_folder(eval_id: str) -> Path:
+        return Path(services.registry.get("evals", eval_id, "eval")["folder"])
+
+    def _predictions(eval_id: str, keep: Callable[[dict[str, Any]], bool]) -> str:
+        path = _eval_folder(eval_id) / "predictions.jsonl"
+        if not path.exists():
+            return ""
+        lines = (json.loads(line) for line in path.read_text().splitlines() if line)
+        return "".join(json.dumps(line) + "\n" for line in lines if keep(line))
 
     @app.resource("turing://deployments", mime_type="application/json")
     def deployments() -> str:

@@ -116,8 +116,35 @@ def _run_queue(db: sqlite_utils.Database) -> None:
     runs.create_index(["status", "queued_at"])
 
 
+def _gates_and_audit(db: sqlite_utils.Database) -> None:
+    evals = db.table("evals")
+    evals.add_column("request", str)  # the evaluation asked for: metrics, suites, criteria
+    evals.add_column("version_id", str)  # the model version scored, when one was
+    evals.add_column("gate", str)  # the deployment whose gate this eval judges
+    evals.add_column("gate_revision", int)
+    evals.add_column("passed", int)  # the verdict: 1 passed, 0 failed, NULL none
+    evals.create_index(["version_id", "gate"])
+    db.table("gates").create(
+        {"deployment": str, "revision": int, "spec": str, "reason": str, "created_at": str},
+        pk=("deployment", "revision"),
+    )
+    db.table("audit").create(
+        {
+            "id": int,
+            "time": str,
+            "action": str,
+            "subject": str,
+            "reason": str,
+            "details": str,
+        },
+        pk="id",
+    )
+    db.table("audit").create_index(["subject", "time"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
     (3, "run queue: queued_at, started_at, attempts", _run_queue),
+    (4, "evaluation gates, verdicts and the audit trail", _gates_and_audit),
 ]

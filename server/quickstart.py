@@ -1,8 +1,9 @@
 """The main job: drive the whole lifecycle through a real MCP client session over stdio.
 
 `turing quickstart` launches `turing serve` as a subprocess, as Claude Desktop would, then calls
-its tools in order: prepare a dataset, fine-tune, evaluate beside the base model, deploy, score
-the served GGUF, and ask the deployment one question.
+its tools in order: prepare a dataset, fine-tune, declare the deployment's quality gate, judge
+the exported GGUF against it beside the base model (and the champion, on a later run), deploy
+it, and ask the deployment one question.
 """
 
 from __future__ import annotations
@@ -23,6 +24,13 @@ from tqdm import tqdm
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "tools" / "datasets" / "samples"
 POLL_SECONDS = 1.0
+# What the quickstart's deployment demands of every version: a clear gain over the base model,
+# no regression against the version it replaces, and a GGUF that answers as the adapter does.
+DEFAULT_CRITERIA = (
+    "accuracy >= base + 0.2",
+    "accuracy >= champion - 0.05",
+    "export_agreement >= 0.9",
+)
 
 
 class LifecycleError(RuntimeError):
@@ -39,6 +47,8 @@ class LifecyclePlan:
     eval_options: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     deployment: str = "quickstart"
+    criteria: list[str] = field(default_factory=lambda: list(DEFAULT_CRITERIA))
+    gate_options: dict[str, Any] = field(default_factory=dict)  # e.g. safety suites
 
 
 class Session:
@@ -93,32 +103,35 @@ async def drive_lifecycle(session: Session, plan: LifecyclePlan) -> dict[str, An
     )
     run = await wait_for_run(session, run["run_id"])
 
-    scored = await wait_for_eval(
-        session,
-        "evaluate fine-tuned vs base",
-        model=run["run_id"],
+    gate = await session.call(
+        "set_gate",
+        deployment=plan.deployment,
+        criteria=plan.criteria,
         dataset_id=eval_dataset["dataset_id"],
         split=split,
+        reason="lifecycle acceptance",
+        **plan.gate_options,
     )
+    judged = await wait_for_eval(
+        session, "judge the GGUF by the gate", model=run["run_id"], gate=plan.deployment
+    )
+    verdict = judged["verdict"]
+    if not verdict["passed"]:
+        raise LifecycleError(
+            f"{judged['version_id']} failed the gate of {plan.deployment!r} (eval "
+            f"{judged['eval_id']}): " + "; ".join(verdict["failing"])
+        )
     deployed = await session.call(
-        "deploy", run_id=run["run_id"], deployment=plan.deployment, reason="lifecycle run"
-    )
-    served = await wait_for_eval(
-        session,
-        "evaluate the served GGUF",
-        model=plan.deployment,
-        dataset_id=eval_dataset["dataset_id"],
-        split=split,
-        compare_base=False,
+        "deploy", model=judged["version_id"], deployment=plan.deployment, reason="lifecycle run"
     )
 
-    sample = await first_conversation(session, scored["eval_id"])
+    sample = await first_conversation(session, judged["eval_id"])
     answer = await session.call("query_model", model=plan.deployment, messages=sample["messages"])
     return {
         "dataset": dataset,
         "run": run,
-        "eval": scored,
-        "served_eval": served,
+        "gate": gate,
+        "eval": judged,
         "deployment": deployed,
         "sample": {**sample, "answer": answer},
         "wall_seconds": round(time.time() - started, 1),
@@ -149,16 +162,16 @@ async def wait_for_run(session: Session, run_id: str) -> dict[str, Any]:
 
 
 async def wait_for_eval(session: Session, label: str, **arguments: Any) -> dict[str, Any]:
-    """Start an evaluation and poll it to the end, drawing a progress bar of scored rows."""
+    """Start an evaluation and poll it to the end, drawing a progress bar of answers."""
     evaluation = await session.call("run_eval", **arguments)
-    bar = tqdm(desc=label, unit="row", file=sys.stderr)
+    bar = tqdm(desc=label, unit="answer", file=sys.stderr)
     while evaluation["status"] in ("running", "cancelling"):
         await asyncio.sleep(POLL_SECONDS)
         evaluation = await session.call("get_eval", eval_id=evaluation["eval_id"])
         progress = evaluation["progress"] or {}
         if progress:
-            bar.total = progress["total"] * (2 if arguments.get("compare_base", True) else 1)
-            bar.n = progress["done"] + (progress["total"] if progress["phase"] == "base" else 0)
+            bar.total, bar.n = progress["total"], progress["done"]
+            bar.set_postfix(scoring=progress["phase"], refresh=False)
             bar.refresh()
     bar.close()
     if evaluation["status"] != "succeeded":
@@ -176,33 +189,52 @@ async def first_conversation(session: Session, eval_id: str) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The lines a person wants at the end: scores, the deployment, and a sample answer."""
-    result = summary["eval"]["result"]
-    served = summary["served_eval"]["result"]
+    """The lines a person wants at the end: scores, verdict, the deployment, a sample answer."""
+    judged = summary["eval"]
+    scores, comparisons = judged["scores"], judged["comparisons"]
     run = summary["run"]["result"]
     deployment = summary["deployment"]
     sample = summary["sample"]
     answer = sample["answer"]
-    return "\n".join(
-        [
-            "",
-            "Turing lifecycle finished",
-            f"  dataset      {summary['dataset']['dataset_id']} "
-            f"({summary['dataset']['train_rows']} train rows)",
-            f"  run          {summary['run']['run_id']}: {run['steps']} steps, "
-            f"final loss {run['final_loss']:.3f}, {run['seconds']:.0f} s",
-            f"  exact match  base {result['base_exact_match']:.1%}  ->  fine-tuned "
-            f"{result['exact_match']:.1%} (PyTorch adapter, {result['rows']} rows)",
-            f"  served       {served['exact_match']:.1%} from the GGUF via llama.cpp",
-            f"  deployment   {deployment['deployment']} revision {deployment['revision']} -> "
-            f"{deployment['version_id']}",
-            f"  sample       {sample['messages'][-1]['content']!r}",
-            f"    answer     {answer['text']!r} (expected {sample['reference']!r}; "
-            f"{answer['latency_ms']:.0f} ms, {answer['completion_tokens']} tokens)",
-            f"  wall time    {summary['wall_seconds']:.0f} s",
-            "",
-        ]
-    )
+    metric = judged["request"]["metrics"][0]
+    lines = [
+        "",
+        "Turing lifecycle finished",
+        f"  dataset      {summary['dataset']['dataset_id']} "
+        f"({summary['dataset']['train_rows']} train rows)",
+        f"  run          {summary['run']['run_id']}: {run['steps']} steps, "
+        f"final loss {run['final_loss']:.3f}, {run['seconds']:.0f} s",
+        f"  {metric:<12} (served GGUF via llama.cpp, {judged['rows']} rows, 95% CI)",
+    ]
+    for role in ("base", "champion", "model"):
+        if role in scores:
+            entry = scores[role][metric]
+            name = "fine-tuned" if role == "model" else role
+            lines.append(
+                f"    {name:<11}{entry['value']:.1%} [{entry['ci'][0]:.1%}, {entry['ci'][1]:.1%}]"
+            )
+    for other, found in comparisons.items():
+        test = found[metric]
+        lines.append(
+            f"    vs {other:<8}{test['difference']:+.1%}, {test['test']} p={test['p_value']:.2g}"
+            f" ({'significant' if test['significant'] else 'not significant'})"
+        )
+    check = judged.get("export_check")
+    if check:
+        lines.append(f"  export       {check['message']}")
+    verdict = judged["verdict"]
+    lines += [
+        f"  gate         {'passed' if verdict['passed'] else 'FAILED'}: "
+        + "; ".join(entry["criterion"] + f" ({entry['status']})" for entry in verdict["criteria"]),
+        f"  deployment   {deployment['deployment']} revision {deployment['revision']} -> "
+        f"{deployment['version_id']}",
+        f"  sample       {sample['messages'][-1]['content']!r}",
+        f"    answer     {answer['text']!r} (expected {sample['reference']!r}; "
+        f"{answer['latency_ms']:.0f} ms, {answer['completion_tokens']} tokens)",
+        f"  wall time    {summary['wall_seconds']:.0f} s",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:

@@ -18,7 +18,7 @@ from turing.tools.errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 # Columns stored as JSON text and decoded on the way out.
-JSON_COLUMNS = {"options", "report", "params", "result", "routes"}
+JSON_COLUMNS = {"options", "report", "params", "result", "routes", "request", "spec", "details"}
 
 
 def utc_now() -> str:

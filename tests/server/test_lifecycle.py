@@ -104,17 +104,21 @@ async def test_every_stage_runs_through_the_mcp_tools(
     evaluation = await session.call("run_eval", model=run["run_id"], dataset_id=dataset_id)
     evaluation = await wait_until_done(session, "get_eval", "eval_id", evaluation["eval_id"])
     assert evaluation["status"] == "succeeded", evaluation["error"]
-    result = evaluation["result"]
-    assert result["rows"] >= 3 and 0 <= result["exact_match"] <= 1
-    assert 0 <= result["base_exact_match"] <= 1
+    assert evaluation["rows"] >= 3 and evaluation["backend"] == "torch"
+    scores = evaluation["scores"]
+    assert set(scores) == {"model", "base"}
+    assert {"accuracy", "macro_f1", "exact_match"} <= set(scores["model"])
+    assert 0 <= scores["model"]["accuracy"]["value"] <= 1
+    assert evaluation["comparisons"]["base"]["accuracy"]["test"] == "mcnemar"
     predictions = await session.client.read_resource(evaluation["predictions_uri"])
     first = json.loads(predictions.contents[0].text.splitlines()[0])
-    assert {"messages", "reference", "prediction", "correct", "base_prediction"} <= set(first)
+    assert {"messages", "reference", "model", "base", "label"} <= set(first)
+    assert {"prediction", "wrong", "accuracy", "predicted_label"} <= set(first["model"])
 
-    deployed = await session.call("deploy", run_id=run["run_id"], deployment="triage")
+    deployed = await session.call("deploy", model=run["run_id"], deployment="triage")
     assert deployed["revision"] == 1 and deployed["version_id"].startswith("mv-")
     assert Path(deployed["gguf_path"]).is_file()
-    redeployed = await session.call("deploy", run_id=run["run_id"], deployment="triage")
+    redeployed = await session.call("deploy", model=run["run_id"], deployment="triage")
     assert redeployed["revision"] == 2 and redeployed["version_id"] == deployed["version_id"]
 
     answer = await session.call(
@@ -153,7 +157,7 @@ async def test_a_cancelled_run_ends_cancelled(
     ended = await wait_until_done(session, "get_run", "run_id", run["run_id"], timeout=120)
     assert ended["status"] == "cancelled"
     with pytest.raises(LifecycleError, match="only a succeeded run"):
-        await session.call("deploy", run_id=run["run_id"], deployment="nope")
+        await session.call("deploy", model=run["run_id"], deployment="nope")
 
 
 @pytest.mark.parametrize(
@@ -170,15 +174,15 @@ async def test_a_cancelled_run_ends_cancelled(
         ("prepare_dataset", {"path": str(Path(__file__).parent)}, "not a regular file"),
         ("register_base_model", {"name": "mine", "gguf_path": __file__}, "not a readable GGUF"),
         ("register_base_model", {"name": "run-1", "gguf_path": __file__}, "not allowed"),
-        ("deploy", {"run_id": "run-x", "deployment": "smollm2-135m-instruct"}, "base model's name"),
-        ("deploy", {"run_id": "run-x", "deployment": "bad name"}, "is not allowed"),
+        ("deploy", {"model": "run-x", "deployment": "smollm2-135m-instruct"}, "base model's name"),
+        ("deploy", {"model": "run-x", "deployment": "bad name"}, "is not allowed"),
         (
             "query_model",
             {"model": "nobody", "messages": [{"role": "user", "content": "hi"}]},
             "no model 'nobody'",
         ),
         ("query_model", {"model": "smollm2-135m-instruct", "messages": []}, "messages is empty"),
-        ("deploy", {"run_id": "run-missing", "deployment": "x"}, "no run 'run-missing'"),
+        ("deploy", {"model": "run-missing", "deployment": "x"}, "no run 'run-missing'"),
         (
             "run_eval",
             {"model": "smollm2-135m-instruct", "dataset_id": "ds-missing"},

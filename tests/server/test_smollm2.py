@@ -42,7 +42,7 @@ async def test_smollm2_trains_exports_and_answers_over_a_clean_stdio_wire(
         assert run["base_model"] == "smollm2-135m-instruct"
         assert run["result"]["steps"] == 2
 
-        deployed = await session.call("deploy", run_id=run["run_id"], deployment="smol")
+        deployed = await session.call("deploy", model=run["run_id"], deployment="smol")
         answer = await session.call(
             "query_model",
             model="smol",

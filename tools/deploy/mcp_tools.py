@@ -15,19 +15,36 @@ def register(app: MCPServer, services: Services) -> None:
     """Declare the deployment tools on the app."""
 
     @app.tool()
-    async def deploy(run_id: str, deployment: str, reason: str = "") -> dict[str, Any]:
-        """Export a succeeded run's LoRA adapter to GGUF and route a named deployment to it.
+    async def export_model(run_id: str) -> dict[str, Any]:
+        """Export a succeeded run's LoRA adapter to GGUF as a model version (mv-...).
 
-        Registers the export as a model version (mv-...) and adds a new revision to the
-        deployment (created if new) that sends all traffic to that version. Query it with
-        query_model(model=<deployment>).
+        The version is what deploy serves and what run_eval(model=<mv-...>) scores through
+        llama.cpp. Exporting the same weights again returns the same version.
+        """
+        return await anyio.to_thread.run_sync(versions.export_run, services, run_id)
+
+    @app.tool()
+    async def deploy(
+        model: str, deployment: str, reason: str = "", force_reason: str = ""
+    ) -> dict[str, Any]:
+        """Route all of a named deployment's traffic to a model version.
+
+        A run is exported to a model version (mv-...) first. If the deployment has a gate
+        (set_gate), the version needs a passing verdict from run_eval(model, gate=deployment)
+        against the gate's current revision and the current champion; without one the deploy
+        is refused with every failing criterion named, unless force_reason is given. Every
+        deploy is in the audit trail (turing://audit), a forced one with its reason and the
+        failures it overrode. Query the deployment with query_model(model=<deployment>).
 
         Args:
-            run_id: A run whose status is succeeded.
-            deployment: Endpoint name: 1-64 letters, digits, '-', '_' or '.'.
+            model: A succeeded run (run-...) or a model version (mv-...).
+            deployment: Endpoint name: 1-64 letters, digits, '-', '_' or '.'; created if new.
             reason: Why this revision exists; recorded with it.
+            force_reason: Deploy despite a missing or failing verdict, for this reason.
         """
-        return await anyio.to_thread.run_sync(versions.deploy, services, run_id, deployment, reason)
+        return await anyio.to_thread.run_sync(
+            versions.deploy, services, model, deployment, reason, force_reason
+        )
 
     @app.tool()
     def list_deployments() -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from turing.server.registry import utc_now
 from turing.server.services import Services
+from turing.tools import audit
 from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
 from turing.tools.errors import InvalidInputError, NotFoundError
 
@@ -41,27 +42,85 @@ class ModelTarget:
     revision: int | None = None
 
 
-def deploy(services: Services, run_id: str, deployment: str, reason: str = "") -> dict[str, Any]:
-    """Export a run's adapter to GGUF, register it as a version and route all traffic to it."""
+def export_run(services: Services, run_id: str) -> dict[str, Any]:
+    """Export a succeeded run's adapter to GGUF and register it as a model version (once).
+
+    The version id is the hash of the adapter's weights, so exporting the same weights again
+    returns the same version.
+    """
     from turing.tools.finetune.runs import adapter_dir, get_run
 
-    _check_deployment_name(deployment)
+    run = get_run(services, run_id)
+    source = adapter_dir(services, run_id)
+    with _DEPLOY_LOCK:
+        return _register_version(services, run, source)
+
+
+def deploy(
+    services: Services, model: str, deployment: str, reason: str = "", force_reason: str = ""
+) -> dict[str, Any]:
+    """Route all of a deployment's traffic to a model version, if its gate lets it.
+
+    Args:
+        services: The server's services.
+        model: A succeeded run (exported to a version now) or a model version id (mv-...).
+        deployment: The endpoint's name; created on first deploy.
+        reason: Why this revision exists; kept with it.
+        force_reason: Deploy even without a passing gate verdict; kept in the audit trail.
+
+    Raises:
+        ConflictError: The deployment has a gate and the version has no passing verdict
+            against it (and no force_reason was given).
+    """
+    from turing.tools.evals import gating
+
+    check_deployment_name(deployment)
     if services.registry.find("base_models", deployment) or deployment == DEFAULT_BASE_MODEL:
         raise InvalidInputError(
             f"deployment name {deployment!r} is a base model's name; choose another name"
         )
-    run = get_run(services, run_id)
-    source = adapter_dir(services, run_id)
+    if model.startswith("mv-"):
+        version = services.registry.get("model_versions", model, "model version")
+    elif model.startswith("run-"):
+        version = export_run(services, model)
+    else:
+        raise InvalidInputError(
+            f"model {model!r}: give a succeeded run id (run-...) or a model version id (mv-...)"
+        )
+    force_reason = force_reason.strip()
     with _DEPLOY_LOCK:
-        return _deploy_locked(services, run, source, deployment, reason)
+        champion = champion_version(services, deployment)
+        check = gating.check_deploy(services, version["id"], deployment, champion)
+        if not check["passed"] and not force_reason:
+            raise gating.refuse_deploy(version["id"], deployment, check)
+        deployed = _route_all(services, version, deployment, reason or f"deploy {model}")
+        action = "forced_deploy" if not check["passed"] else "deploy"
+        audit.record(
+            services,
+            action,
+            deployment,
+            force_reason if action == "forced_deploy" else reason,
+            version_id=version["id"],
+            revision=deployed["revision"],
+            previous_champion=champion,
+            gated=check["gated"],
+            eval_id=check.get("eval_id"),
+            overridden=check["problems"],
+        )
+    deployed["gate"] = check
+    return deployed
 
 
-def _deploy_locked(
-    services: Services, run: dict[str, Any], source: Path, deployment: str, reason: str
+def champion_version(services: Services, deployment: str) -> str | None:
+    """The version serving most of a deployment's traffic now, or None before its first deploy."""
+    if services.registry.find("deployments", deployment) is None:
+        return None
+    return str(max(current_routes(services, deployment), key=lambda route: route[1])[0])
+
+
+def _route_all(
+    services: Services, version: dict[str, Any], deployment: str, reason: str
 ) -> dict[str, Any]:
-    run_id = run["id"]
-    version = _register_version(services, run, source)
-
     previous = services.registry.find("deployments", deployment)
     revision = 1 if previous is None else previous["revision"] + 1
     routes = [[version["id"], 100]]
@@ -69,7 +128,7 @@ def _deploy_locked(
         "deployment": deployment,
         "revision": revision,
         "routes": routes,
-        "reason": reason or f"deploy {run_id}",
+        "reason": reason,
         "created_at": utc_now(),
     }
     writes: list[tuple[str, str, Any, dict[str, Any]]] = [
@@ -94,7 +153,7 @@ def _deploy_locked(
         deployment,
         revision,
         version["id"],
-        run_id,
+        version["run_id"],
     )
     return {
         "deployment": deployment,
@@ -150,12 +209,12 @@ def resolve_model(services: Services, ref: str) -> ModelTarget:
             raise InvalidInputError(f"run {ref} is {run['status']}; only a succeeded run answers")
         return ModelTarget("run", ref, base["name"], base["gguf_path"], adapter_dir=adapter)
     if ref.startswith("mv-"):
-        return _version_target(services, ref)
+        return version_target(services, ref)
     deployment = services.registry.find("deployments", ref)
     if deployment is not None:
         routes = current_routes(services, ref)
         version_id = max(routes, key=lambda route: route[1])[0]
-        return _version_target(services, version_id, ref, deployment["revision"])
+        return version_target(services, version_id, ref, deployment["revision"])
     if services.registry.find("base_models", ref) is not None or ref == "smollm2-135m-instruct":
         base = get_base_model(services, ref)
         return ModelTarget("base", ref, base["name"], base["gguf_path"])
@@ -178,7 +237,7 @@ def route_query(services: Services, ref: str, rng: random.Random | None = None) 
         return target
     routes = [route for route in current_routes(services, ref) if route[1] > 0]
     chosen = (rng or random).choices(routes, weights=[route[1] for route in routes])[0]
-    return _version_target(services, chosen[0], ref, deployment["revision"])
+    return version_target(services, chosen[0], ref, deployment["revision"])
 
 
 def current_routes(services: Services, deployment: str) -> list[list[Any]]:
@@ -204,9 +263,10 @@ def describe_deployments(services: Services) -> list[dict[str, Any]]:
     return described
 
 
-def _version_target(
+def version_target(
     services: Services, version_id: str, deployment: str | None = None, revision: int | None = None
 ) -> ModelTarget:
+    """A model version as something that answers: its GGUF, and its PyTorch adapter copy."""
     version = services.registry.get("model_versions", version_id, "model version")
     base = get_base_model(services, version["base_model"])
     kept = Path(version["gguf_path"]).parent / TORCH_ADAPTER
@@ -225,7 +285,8 @@ def _version_target(
     )
 
 
-def _check_deployment_name(name: str) -> None:
+def check_deployment_name(name: str) -> None:
+    """Refuse a deployment name that could be mistaken for another kind of id."""
     if not NAME_PATTERN.fullmatch(name) or name.startswith(("run-", "mv-")):
         raise InvalidInputError(
             f"deployment name {name!r} is not allowed: use 1-64 letters, digits, '-', '_' or '.', "

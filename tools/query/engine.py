@@ -274,6 +274,42 @@ class Engine:
             logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
             return np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),)).copy()
 
+    def answer_log_likelihood(self, pieces: list[tuple[str, str]]) -> tuple[float, int]:
+        """Sum the log-probabilities of the answer tokens of a conversation, as served.
+
+        Args:
+            pieces: (prompt text, answer text) pairs from `ChatTemplate.split_turns`; the
+                prompts are read as context, every answer token is scored.
+
+        Returns:
+            (sum of natural-log probabilities of the answer tokens, number of those tokens).
+        """
+        import llama_cpp
+
+        total, count = 0.0, 0
+        with self._lock:
+            llm = self._require_open()
+            llm.reset()
+            for index, (prompt, answer) in enumerate(pieces):
+                prompt_ids = llm.tokenize(prompt.encode(), add_bos=index == 0, special=True)
+                doubled = len(prompt_ids) > 1 and prompt_ids[0] == prompt_ids[1] == llm.token_bos()
+                if index == 0 and doubled:
+                    prompt_ids = prompt_ids[1:]  # the template wrote BOS itself
+                answer_ids = llm.tokenize(answer.encode(), add_bos=False, special=True)
+                if llm.n_tokens + len(prompt_ids) + len(answer_ids) > self.n_ctx:
+                    break  # the rest does not fit the context window; score what does
+                llm.eval(prompt_ids)
+                for token in answer_ids:
+                    logits = np.ctypeslib.as_array(
+                        llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
+                    ).astype(np.float64)
+                    peak = logits.max()
+                    log_norm = peak + np.log(np.exp(logits - peak).sum())
+                    total += float(logits[token] - log_norm)
+                    count += 1
+                    llm.eval([token])
+        return total, count
+
     def close(self) -> None:
         """Free the model and context; later calls raise ConflictError."""
         with self._lock:
