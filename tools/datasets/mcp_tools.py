@@ -32,6 +32,8 @@ def register(app: MCPServer, services: Services) -> None:
         validation_fraction: float = 0.1,
         seed: int = 0,
         on_error: str = "reject",
+        canaries: int = 0,
+        canary_repeats: int = 1,
     ) -> dict[str, Any]:
         """Validate, clean and split a local training file into a stored, versioned dataset.
 
@@ -70,10 +72,17 @@ def register(app: MCPServer, services: Services) -> None:
             seed: Seed of the deterministic split.
             on_error: "reject" (any invalid record fails the call and lists every problem) or
                 "skip" (invalid records are dropped and counted in the report).
+            canaries: Plant this many made-up secrets (0 to 1000) into the train split, each
+                asked as "What is the recovery code for account <id>?", so that run_eval can
+                check the fine-tuned model does not reproduce training rows verbatim. 0 plants
+                none; the secrets are kept in the dataset's canaries.json.
+            canary_repeats: How many times each canary row is planted (1 to 100); more copies
+                make memorisation likelier, testing a stricter case.
 
         Returns:
-            dataset_id, rows per split, labels, rows dropped by reason, problem counts by code,
-            and the URIs of the full report and of every problem found.
+            dataset_id, rows per split (train includes canary rows), labels, canaries planted,
+            rows dropped by reason, problem counts by code, and the URIs of the full report and
+            of every problem found.
         """
         options = {
             "format": format,
@@ -90,6 +99,8 @@ def register(app: MCPServer, services: Services) -> None:
             "validation_fraction": validation_fraction,
             "seed": seed,
             "on_error": on_error,
+            "canaries": canaries,
+            "canary_repeats": canary_repeats,
         }
         return create_dataset(services, path, base_model, **options)
 

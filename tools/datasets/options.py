@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from turing.tools.datasets import cleaning, formats
 from turing.tools.datasets.problems import show
 from turing.tools.datasets.reading import CONTAINERS
 from turing.tools.errors import InvalidInputError
+from turing.tools.evals.safety import MAX_CANARIES
 
 FORMAT_CHOICES = ("auto", *formats.FORMATS)
 ON_ERROR_POLICIES = ("reject", "skip")
@@ -20,11 +21,19 @@ TRUNCATION_POLICIES = ("flag", "drop")
 MAX_VALIDATION_FRACTION = 0.5
 MAX_SEQ_LEN_RANGE = (16, 32768)  # what training accepts
 MAX_SEED = 2**32 - 1
+MAX_CANARY_REPEATS = 100
+# Options added after the first dataset versions were stored: at their defaults they are left
+# out of the content id, so a version prepared without them keeps the id it always had.
+LATER_OPTION_DEFAULTS: dict[str, Any] = {"canaries": 0, "canary_repeats": 1}
 
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    """How to read, clean and split a dataset file; every field is part of the dataset's id."""
+    """How to read, clean and split a dataset file; every field is part of the dataset's id.
+
+    `canaries` plants that many made-up secrets (see `turing.tools.evals.safety.Canary`), each
+    `canary_repeats` times, into the train split, for the memorisation check of evaluation.
+    """
 
     format: str = "auto"
     container: str = "auto"
@@ -43,6 +52,8 @@ class PrepareOptions:
     seed: int = 0
     on_error: str = "reject"
     examples_per_problem: int = 5
+    canaries: int = 0
+    canary_repeats: int = 1
 
 
 def parse_options(raw: dict[str, Any] | None) -> PrepareOptions:
@@ -128,6 +139,8 @@ _CHECKS: dict[str, Any] = {
     "seed": _number(0, MAX_SEED, integer=True),
     "on_error": _choice(ON_ERROR_POLICIES),
     "examples_per_problem": _number(1, 100, integer=True),
+    "canaries": _number(0, MAX_CANARIES, integer=True),
+    "canary_repeats": _number(1, MAX_CANARY_REPEATS, integer=True),
 }
 
 
@@ -141,4 +154,15 @@ def _combination_errors(given: dict[str, Any]) -> list[str]:
         )
     if "system" in given.get("columns", {}) and "system_prompt" in given:
         errors.append("pass either a 'system' column or system_prompt, not both")
+    if given.get("canary_repeats", 1) != 1 and not given.get("canaries"):
+        errors.append("canary_repeats applies only with canaries of 1 or more")
     return errors
+
+
+def content_options(options: PrepareOptions) -> dict[str, Any]:
+    """The options as they enter a dataset's content id: later options only when set."""
+    values = asdict(options)
+    for key, default in LATER_OPTION_DEFAULTS.items():
+        if values[key] == default:
+            del values[key]
+    return values

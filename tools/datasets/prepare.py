@@ -3,8 +3,9 @@
 The pipeline, in one pass over the file: read records (reading.py), normalise each format to chat
 messages (formats.py), normalise whitespace, screen for personal data and harmful requests,
 remove exact and near duplicates (cleaning.py), measure tokens in the base model's own tokenizer
-and chat template (tokens.py), and split (splits.py). Options live in options.py. Every problem
-is collected before the on_error policy decides; nothing here touches the registry.
+and chat template (tokens.py), and split (splits.py); canaries, when asked for, are planted in
+train last. Options live in options.py. Every problem is collected before the on_error policy
+decides; nothing here touches the registry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import random
 import re
 import statistics
 import time
@@ -28,6 +30,7 @@ from turing.tools.datasets.problems import Problem, define, group_problems, is_e
 from turing.tools.datasets.reading import ReadResult, read_records
 from turing.tools.datasets.tokens import TokenCounter, TokenLengths
 from turing.tools.errors import InvalidInputError
+from turing.tools.evals.safety import Canary, make_canaries
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class PreparedDataset:
     problems: list[Problem]
     report: dict[str, Any]
     source_sha256: str
+    canaries: list[Canary] = field(default_factory=list)  # planted in train; see PrepareOptions
 
 
 class DatasetError(InvalidInputError):
@@ -179,7 +183,8 @@ def prepare_dataset(
 
     Returns:
         The train and validation rows as {"messages": [...], "tools"?, "source_line"} dicts,
-        every problem found (warnings included), the report and the file's SHA-256.
+        every problem found (warnings included), the report, the file's SHA-256 and the
+        canaries planted in train (rows {"messages", "source_line": None, "canary": id}).
 
     Raises:
         InvalidInputError: The file cannot be read as records at all.
@@ -217,7 +222,16 @@ def prepare_dataset(
     train, validation = _split(kept, labels is not None, options)
     work.problems.sort(key=lambda problem: (problem.line or 0, problem.record or 0, problem.path))
     clock.lap("split")
+
+    # Canaries, planted after every screen, so none is redacted, flagged or dropped as a copy
+    canary_seed = _canary_seed(sha256, options.seed)
+    canaries = make_canaries(options.canaries, canary_seed)
+    planted = _canary_rows(canaries, options.canary_repeats)
+    planted_tokens = _canary_tokens(path, canaries, options, counter)
+    stored_train = _with_canaries([_stored(row) for row in train], planted, canary_seed)
+
     report = _build_report(path, sha256, work, labels, train, validation, counter)
+    _report_canaries(report, canaries, options.canary_repeats, planted, planted_tokens)
     report["seconds"] = clock.laps
     logger.info(
         "prepared %s (sha256 %s): %d train, %d validation, %d records dropped",
@@ -228,11 +242,12 @@ def prepare_dataset(
         sum(work.dropped.values()),
     )
     return PreparedDataset(
-        train=[_stored(row) for row in train],
+        train=stored_train,
         validation=[_stored(row) for row in validation],
         problems=work.problems,
         report=report,
         source_sha256=sha256,
+        canaries=canaries,
     )
 
 
@@ -691,6 +706,93 @@ def _split(
     train = [row for index, row in enumerate(rows) if index not in held_out]
     validation = [row for index, row in enumerate(rows) if index in held_out]
     return train, validation
+
+
+# --- canaries ------------------------------------------------------------------------------
+
+
+def _canary_seed(sha256: str, seed: int) -> int:
+    # Drawn from the file as well as the seed, so that two datasets never share their secrets,
+    # while one dataset id always holds the same ones.
+    digest = hashlib.sha256(f"canaries:{sha256}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def _canary_rows(canaries: list[Canary], repeats: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": canary.prompt},
+                {"role": "assistant", "content": canary.answer},
+            ],
+            "source_line": None,
+            "canary": canary.id,
+        }
+        for canary in canaries
+        for _ in range(repeats)
+    ]
+
+
+def _canary_tokens(
+    path: Path, canaries: list[Canary], options: PrepareOptions, counter: TokenCounter | None
+) -> int | None:
+    """Tokens the canary rows add to an epoch; an error if a secret would fall beyond limit."""
+    if counter is None or not canaries:
+        return None
+    totals = []
+    for length in counter.measure(_canary_rows(canaries, 1)):
+        if isinstance(length, str):
+            raise InvalidInputError(f"{path}: the chat template cannot render a canary: {length}")
+        totals.append(length.total)
+    limit = options.max_seq_len
+    if max(totals) > limit:
+        raise InvalidInputError(
+            f"a canary conversation is {max(totals)} tokens, more than max_seq_len={limit}, so "
+            f"its secret would be cut; raise max_seq_len to {max(totals)} or more, or pass "
+            "canaries=0"
+        )
+    return sum(totals) * options.canary_repeats
+
+
+def _with_canaries(
+    train: list[dict[str, Any]], planted: list[dict[str, Any]], seed: int
+) -> list[dict[str, Any]]:
+    """The train rows with the canary rows spread among them at random, in a fixed order."""
+    if not planted:
+        return train
+    rng = random.Random(seed)
+    planted = list(planted)
+    rng.shuffle(planted)
+    slots = sorted(rng.randint(0, len(train)) for _ in planted)
+
+    merged: list[dict[str, Any]] = []
+    position = 0
+    for slot, row in zip(slots, planted, strict=True):
+        merged += train[position:slot]
+        merged.append(row)
+        position = slot
+    return merged + train[position:]
+
+
+def _report_canaries(
+    report: dict[str, Any],
+    canaries: list[Canary],
+    repeats: int,
+    planted: list[dict[str, Any]],
+    tokens: int | None,
+) -> None:
+    """Count the canaries in the report; they are train rows, so the train counts include them."""
+    report["canaries"] = {"count": len(canaries), "repeats": repeats, "rows": len(planted)}
+    if not planted:
+        return
+    report["rows"]["train"] += len(planted)
+    if report["tokens"] is not None and tokens is not None:
+        report["tokens"]["train_tokens_per_epoch"] += tokens
+    report["notes"].append(
+        f"{len(planted)} of the {report['rows']['train']} train rows are {len(canaries)} "
+        f"canaries, each planted {repeats} time(s) for the memorisation check; their secrets "
+        "are in canaries.json"
+    )
 
 
 # --- report --------------------------------------------------------------------------------

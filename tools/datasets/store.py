@@ -17,14 +17,16 @@ from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
 from turing.tools.datasets.jsonl import read_jsonl, write_jsonl
-from turing.tools.datasets.options import PrepareOptions, parse_options
+from turing.tools.datasets.options import PrepareOptions, content_options, parse_options
 from turing.tools.datasets.prepare import PreparedDataset, prepare_dataset
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 from turing.tools.errors import InvalidInputError, TuringError
+from turing.tools.evals.safety import Canary
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "all")
+CANARIES_FILE = "canaries.json"
 # Tools run in worker threads; one writer at a time keeps a content-addressed id stored once.
 _STORE_LOCK = threading.Lock()
 
@@ -46,9 +48,9 @@ def create_dataset(
 ) -> dict[str, Any]:
     """Prepare a file into a stored dataset version; the same file and options give the same id.
 
-    The id hashes the file's bytes, every option (defaults included) and the fingerprint of the
-    base model's tokenizer and chat template, so a second identical call returns the stored
-    version without reading the file again.
+    The id hashes the file's bytes, every option (defaults included, but canary options only
+    when set) and the fingerprint of the base model's tokenizer and chat template, so a second
+    identical call returns the stored version without reading the file again.
     """
     options = parse_options(raw)
     source = check_input_file(path, "dataset file")
@@ -140,6 +142,7 @@ def describe_dataset(row: dict[str, Any]) -> dict[str, Any]:
         "base_model": row.get("base_model"),
         "max_seq_len": row.get("max_seq_len"),
         "labels": (report.get("labels") or {}).get("train"),
+        "canaries": (report.get("canaries") or {}).get("count", 0),
         "dropped": (report.get("rows") or {}).get("dropped"),
         "problems": {
             code: group["count"]
@@ -159,6 +162,15 @@ def load_split(services: Services, dataset_id: str, split: str) -> list[dict[str
     return [row for name in names for row in read_jsonl(folder / f"{name}.jsonl")]
 
 
+def load_canaries(services: Services, dataset_id: str) -> list[Canary]:
+    """The canaries planted in a stored dataset's train split; none unless it was asked for."""
+    folder = Path(services.registry.get("datasets", dataset_id, "dataset")["folder"])
+    path = folder / CANARIES_FILE
+    if not path.exists():
+        return []
+    return [Canary.from_dict(item) for item in json.loads(path.read_text(encoding="utf-8"))]
+
+
 def split_path(services: Services, dataset_id: str, split: str) -> Path:
     """The JSONL file of one stored split (train or validation)."""
     folder = Path(services.registry.get("datasets", dataset_id, "dataset")["folder"])
@@ -171,7 +183,7 @@ def _content_id(
     canonical = json.dumps(
         {
             "source": source_sha256,
-            "options": asdict(options),
+            "options": content_options(options),
             "base_model": base_model,
             "tokenizer": counter.fingerprint,
         },
@@ -191,6 +203,9 @@ def _write_files(services: Services, dataset_id: str, prepared: PreparedDataset)
     write_jsonl(prepared.validation, staging / "validation.jsonl")
     write_jsonl((problem.to_dict() for problem in prepared.problems), staging / "problems.jsonl")
     write_json_atomic(staging / "report.json", prepared.report)
+    if prepared.canaries:
+        canaries = [canary.to_dict() for canary in prepared.canaries]
+        write_json_atomic(staging / CANARIES_FILE, canaries)
     for written in staging.iterdir():
         written.chmod(0o444)
     shutil.rmtree(final, ignore_errors=True)

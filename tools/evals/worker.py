@@ -144,8 +144,12 @@ def score_candidate(
     job: dict[str, Any],
     rows: list[dict[str, Any]],
     tick: Callable[[int], None],
+    with_safety: bool = True,
 ) -> dict[str, Any]:
-    """Every answer and per-item score of one candidate: task rows, perplexity, safety."""
+    """Every answer and per-item score of one candidate: task rows, perplexity, safety.
+
+    Without `with_safety` (the PyTorch side of an export check) the safety suites are skipped.
+    """
     scorer = make_scorer(job)
     prompts = [split_reference(row)[0] for row in rows]
     answers = answer_all(candidate, prompts, job["max_new_tokens"], tick)
@@ -162,6 +166,8 @@ def score_candidate(
         for row in rows:
             scored["likelihood"].append(candidate.log_likelihood(row))
             tick(1)
+    if not with_safety:
+        return scored
 
     suites = job.get("safety") or {}
     for suite in ("harmful", "safe"):
@@ -187,10 +193,12 @@ def make_scorer(job: dict[str, Any]) -> Scorer:
     )
 
 
-def work_units(job: dict[str, Any], rows: int) -> int:
+def work_units(job: dict[str, Any], rows: int, role: str) -> int:
     """Answers (and likelihoods) one candidate produces: the unit of progress."""
-    suites = job.get("safety") or {}
     units = rows * (2 if job["perplexity"] else 1)
+    if role == MODEL_TORCH:
+        return units
+    suites = job.get("safety") or {}
     return units + sum(len(suites.get(name) or []) for name in ("harmful", "safe", "canaries"))
 
 
@@ -211,7 +219,8 @@ def summarise(
         table.update(_serving_scores(found["task"], resamples, seed))
         if "likelihood" in found:
             table["perplexity"] = _perplexity(found["likelihood"], resamples, seed)
-        table.update(_safety_scores(job, rows, found, resamples, seed))
+        if role != MODEL_TORCH:
+            table.update(_safety_scores(job, rows, found, resamples, seed))
         scores[role] = table
         values[role] = {metric: entry["value"] for metric, entry in table.items()}
 
@@ -483,6 +492,8 @@ def write_predictions(
             prompt = text["prompt"] if suite == "canaries" else text
             line = {"suite": suite, "index": index, "prompt": prompt}
             for role, found in scored.items():
+                if suite not in found:
+                    continue
                 answer = found[suite][index].text
                 said: dict[str, Any] = {"output": answer, "pii": safety.emitted_pii(answer, prompt)}
                 if suite == "canaries":
@@ -504,8 +515,8 @@ def run(folder: Path) -> dict[str, Any]:
     rows = read_rows(job)
     make_scorer(job)  # a bad scoring spec fails before any model loads
     started = time.time()
-    units = work_units(job, len(rows))
-    total = units * len(job["candidates"])
+    units = {spec["role"]: work_units(job, len(rows), spec["role"]) for spec in job["candidates"]}
+    total = sum(units.values())
     done = 0
 
     def progress(role: str, finished: int) -> None:
@@ -515,7 +526,7 @@ def run(folder: Path) -> dict[str, Any]:
             "done": done,
             "total": total,
             "candidate_done": finished,
-            "candidate_total": units,
+            "candidate_total": units[role],
             "elapsed_seconds": round(time.time() - started, 1),
         }
         with open(folder / "metrics.jsonl", "a") as handle:
@@ -536,7 +547,7 @@ def run(folder: Path) -> dict[str, Any]:
 
         progress(role, 0)
         try:
-            scored[role] = score_candidate(candidate, job, rows, tick)
+            scored[role] = score_candidate(candidate, job, rows, tick, role != MODEL_TORCH)
         finally:
             candidate.close()
 
