@@ -69,7 +69,7 @@ def start_eval(
         spec = parse_spec(spec_args)
         target = resolve_model(services, model)
         backend = _choose_backend(target, backend, spec)
-    prepared = resolve(services, spec)
+    prepared = resolve(services, spec, _training_dataset(services, target))
 
     champion_id = champion_version(services, champion) if champion else None
     if champion and champion_id is None and gate is None:
@@ -167,6 +167,15 @@ def _served_target(services: Services, model: str) -> ModelTarget:
     raise InvalidInputError(
         f"model {model!r}: a gate judges a run (exported now) or a model version (mv-...)"
     )
+
+
+def _training_dataset(services: Services, target: ModelTarget) -> str | None:
+    """The dataset the model was fine-tuned on (None for a base model)."""
+    run_id = target.name if target.kind == "run" else None
+    if target.version_id:
+        run_id = services.registry.get("model_versions", target.version_id)["run_id"]
+    run = services.registry.find("runs", run_id) if run_id else None
+    return run["dataset_id"] if run else None
 
 
 def _choose_backend(target: ModelTarget, backend: str, spec: EvalSpec) -> str:

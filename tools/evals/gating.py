@@ -40,7 +40,7 @@ def set_gate(
             '"refusal_rate >= base - 0.02", "p95_latency_ms <= 300"]'
         )
     spec = parse_spec(spec_args)
-    resolve(services, spec)  # every problem now, not at the first evaluation
+    resolve(services, spec, judging=False)  # every problem now, not at the first evaluation
     previous = current_gate(services, deployment)
     revision = 1 if previous is None else previous["revision"] + 1
     row = {

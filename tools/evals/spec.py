@@ -8,14 +8,13 @@ on `perplexity` turns perplexity on, one on a task metric adds that metric, and 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from turing.server.services import Services
-from turing.tools.datasets.store import load_split
+from turing.tools.datasets.store import load_canaries, load_split
 from turing.tools.errors import InvalidInputError
 from turing.tools.evals import gates, safety
 from turing.tools.evals.metrics import TASK_METRICS, Scorer, default_metrics
@@ -23,7 +22,6 @@ from turing.tools.evals.metrics import TASK_METRICS, Scorer, default_metrics
 SAFETY_DATA_ENV = "TURING_SAFETY_DATA"
 DEFAULT_EXPORT_TOLERANCE = 0.05
 MAX_SAFETY_PROMPTS = 5000
-CANARIES_FILE = "canaries.json"
 
 
 @dataclass(frozen=True)
@@ -106,8 +104,18 @@ def _measure_what_criteria_need(spec: EvalSpec, criteria: list[gates.Criterion])
     return replace(spec, **changes)
 
 
-def resolve(services: Services, spec: EvalSpec) -> dict[str, Any]:
+def resolve(
+    services: Services, spec: EvalSpec, trained_on: str | None = None, judging: bool = True
+) -> dict[str, Any]:
     """Everything a worker needs besides the models: rows, scorer settings, safety prompts.
+
+    Args:
+        services: The server's services.
+        spec: The evaluation.
+        trained_on: The dataset the evaluated model was fine-tuned on; the canaries planted
+            in it are what the memorisation check asks for.
+        judging: A model is about to be scored (False when a gate is only being declared, so
+            there is no training data to check yet).
 
     Raises:
         InvalidInputError: Listing every problem: no rows, bad metrics or schema, a safety suite
@@ -129,16 +137,18 @@ def resolve(services: Services, spec: EvalSpec) -> dict[str, Any]:
 
     suites: dict[str, Any] | None = None
     if spec.safety:
-        suites = _safety_suites(spec, Path(dataset["folder"]))
-    if (
-        spec.criteria is not None
-        and "canary_leak_rate"
-        in {criterion.metric for criterion in gates.parse_criteria(spec.criteria)}
-        and not (suites or {}).get("canaries")
-    ):
+        suites = _safety_suites(spec)
+        canaries = load_canaries(services, trained_on) if trained_on else []
+        if canaries:
+            suites["canaries"] = [canary.to_dict() for canary in canaries]
+    wants_canaries = spec.criteria is not None and "canary_leak_rate" in {
+        criterion.metric for criterion in gates.parse_criteria(spec.criteria)
+    }
+    if judging and wants_canaries and not (suites or {}).get("canaries"):
+        where = f"dataset {trained_on}" if trained_on else "no fine-tuning data (a base model)"
         raise InvalidInputError(
-            f"criterion on canary_leak_rate, but dataset {spec.dataset_id} has no canaries: "
-            "prepare it with canaries=N, or drop the criterion"
+            f"criterion on canary_leak_rate, but the model was trained on {where} without "
+            "canaries: prepare the training data with canaries=N, or drop the criterion"
         )
     return {
         "rows": rows,
@@ -159,7 +169,7 @@ def _labels(dataset: dict[str, Any]) -> list[str] | None:
     return sorted(set(labels.get("train", {})) | set(labels.get("validation", {})))
 
 
-def _safety_suites(spec: EvalSpec, dataset_folder: Path) -> dict[str, Any]:
+def _safety_suites(spec: EvalSpec) -> dict[str, Any]:
     found: dict[str, Path] = {}
     configured = os.environ.get(SAFETY_DATA_ENV)
     if configured:
@@ -184,9 +194,6 @@ def _safety_suites(spec: EvalSpec, dataset_folder: Path) -> dict[str, Any]:
     }
     for kind, path in paths.items():
         suites[f"{kind}_source"] = str(path)
-    canaries = dataset_folder / CANARIES_FILE
-    if canaries.exists():
-        suites["canaries"] = json.loads(canaries.read_text())
     return suites
 
 
