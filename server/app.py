@@ -26,10 +26,14 @@ logger = logging.getLogger(__name__)
 INSTRUCTIONS = """\
 Turing runs the whole life of a small custom language model on this machine.
 The loop: prepare_dataset (a local JSONL/CSV file -> dataset_id) -> start_finetune (-> run_id,
-queued until a training slot is free; wait_for_run until succeeded) -> run_eval on the run
-(-> eval_id; poll get_eval: exact match of the fine-tuned model beside the base) -> deploy the
-run under a deployment name -> query_model(model=<deployment>). Long work returns an id at
-once; wait or poll for its status. A failed or cancelled run continues with resume_run.
+queued until a training slot is free; wait_for_run until succeeded) -> set_gate on the
+deployment name (acceptance criteria such as "accuracy >= base + 0.1", safety suites) ->
+run_eval(model=<run_id>, gate=<deployment>) (exports the run to a model version and judges it
+as served; wait_for_eval: scores with confidence intervals beside the base model and the
+champion, paired tests, the verdict) -> deploy(model=<version_id>, deployment) -> query_model
+(model=<deployment>). deploy refuses a version without a passing verdict unless given a
+force_reason, which the audit trail keeps. Long work returns an id at once; wait or poll for its
+status. A failed or cancelled run continues with resume_run.
 """
 
 

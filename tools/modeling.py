@@ -149,9 +149,14 @@ def _generate_batch(
     import torch
     from transformers import GenerationConfig
 
+    device = next(model.parameters()).device
     width = max(len(ids) for ids in prompts)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts])
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    input_ids = torch.tensor(
+        [[pad_id] * (width - len(ids)) + ids for ids in prompts], device=device
+    )
+    attention_mask = torch.tensor(
+        [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device
+    )
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
         do_sample=False,
@@ -162,7 +167,7 @@ def _generate_batch(
         output = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config
         )
-    return [row.tolist() for row in output[:, width:]]
+    return [row.tolist() for row in output[:, width:].cpu()]
 
 
 def _decode_answer(tokenizer: Any, new_ids: list[int], stop_ids: list[int], end: str) -> str:

@@ -71,7 +71,12 @@ def register(app: MCPServer, services: Services) -> None:
                 "batch_size": 16, "lora_rank": 16, "lora_alpha": 32, "max_seq_len": 512,
                 "checkpoint_every": 50, "early_stopping_patience": 3,
                 "selection_metric": "validation_loss", "precision": "bf16", "seed": 0}.
-                Unknown keys or bad values are all reported together.
+                Unknown keys or bad values are all reported together. To pick the checkpoint
+                by a task metric, set "eval_metric" (exact_match, accuracy, macro_f1, token_f1,
+                rouge_l or json_valid; accuracy and macro_f1 need a dataset with labels) and
+                "selection_metric": "eval_metric": every checkpoint then answers the first
+                "eval_rows" (default 64) validation rows greedily and records eval_<metric>;
+                early stopping follows it too.
             from_checkpoint: Start from another run's adapter weights instead of fresh ones:
                 "run-xxxx" (that run's output checkpoint) or "run-xxxx/step-000050". The LoRA
                 rank, alpha and target modules default to the checkpoint's; different ones, or

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,16 @@ from turing.tools.datasets.store import split_path
 from turing.tools.datasets.tokens import TokenCounter, TokenLengths, load_token_counter
 from turing.tools.deploy.gguf_export import read_gguf_info
 from turing.tools.errors import InvalidInputError, TuringError
-from turing.tools.finetune.train import LLAMA_PROJECTIONS, TrainParams, make_batches, parse_params
+from turing.tools.finetune.train import (
+    EVAL_METRICS,
+    LABEL_METRICS,
+    LLAMA_PROJECTIONS,
+    TrainParams,
+    check_parameter,
+    combination_problems,
+    make_batches,
+    parse_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +454,36 @@ def _check_schedule(dataset: dict[str, Any], params: TrainParams) -> list[Proble
     return problems
 
 
+def _check_evaluation(dataset: dict[str, Any], params: TrainParams) -> list[Problem]:
+    """Whether the dataset has what scoring checkpoints by eval_metric needs."""
+    metric = params.eval_metric
+    if metric is None:
+        return []
+    problems = []
+    if not dataset.get("validation_rows"):
+        problems.append(
+            _error(
+                "hyperparameters.eval_metric",
+                metric,
+                f"dataset {dataset['id']} has no validation rows to answer at checkpoints",
+                "prepare the dataset with validation_fraction > 0, or omit eval_metric",
+            )
+        )
+    labels = (dataset.get("report") or {}).get("labels") or {}
+    if metric in LABEL_METRICS and not (labels.get("train") or labels.get("validation")):
+        others = ", ".join(name for name in EVAL_METRICS if name not in LABEL_METRICS)
+        problems.append(
+            _error(
+                "hyperparameters.eval_metric",
+                metric,
+                f"{metric} scores answers against the dataset's label set, and dataset "
+                f"{dataset['id']} has none (it is not a classification dataset with labels)",
+                f"use eval_metric {others}; or prepare a classification dataset",
+            )
+        )
+    return problems
+
+
 def count_answerless(counter: TokenCounter, rows: list[dict[str, Any]], max_seq_len: int) -> int:
     """How many rows would keep no answer token within max_seq_len (training drops those)."""
     lengths = counter.measure(rows)
@@ -647,6 +686,7 @@ def check_config(
         *_check_lineage(dataset, base_model_name, base_fingerprint),
         *_check_max_seq_len(dataset, params),
         *_check_schedule(dataset, params),
+        *_check_evaluation(dataset, params),
     ]
     if device == "cpu":
         model = MemoryModel(shape, params, lora_parameter_count(shape, params, selected))
@@ -712,7 +752,9 @@ def run_probe(
     model, tokenizer = load_model(base_gguf)
     load_peak = _peak_rss_bytes()
     template = read_chat_template(base_gguf)
-    trainer = Trainer(model, tokenizer, template, train_rows, validation_rows, params)
+    # The probe times training and validation; scoring checkpoints by eval_metric is not timed.
+    untimed = replace(params, eval_metric=None)
+    trainer = Trainer(model, tokenizer, template, train_rows, validation_rows, untimed)
     startup_seconds = time.monotonic() - started
 
     timed = _time_training_steps(trainer, steps)
@@ -960,15 +1002,15 @@ def check_request(
 
 
 def _parameter_problems(given: dict[str, Any]) -> list[Problem]:
-    """One problem per unknown or invalid hyperparameter (each is checked on its own)."""
+    """One problem per unknown or invalid hyperparameter, then per combination of valid ones."""
     problems = []
     for key, value in given.items():
-        try:
-            parse_params({key: value})
-        except InvalidInputError as exc:
-            message = str(exc).removeprefix("invalid training parameters: ")
-            message = message.removeprefix(f"{key}={value!r}: ")  # the field already says so
-            problems.append(_error(f"hyperparameters.{key}", value, message))
+        allowed = check_parameter(key, value)
+        if allowed is not None:
+            problems.append(_error(f"hyperparameters.{key}", value, allowed))
+    valid = {key: value for key, value in given.items() if not _bad_key(problems, key)}
+    for key, value, message in combination_problems(valid):
+        problems.append(_error(f"hyperparameters.{key}", value, message))
     return problems
 
 

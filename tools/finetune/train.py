@@ -50,19 +50,31 @@ class TrainParams:
     early_stopping_min_delta: float = 0.0
     # Which checkpoint becomes the run's output: see SELECTION_METRICS.
     selection_metric: str = "validation_loss"
+    # A task metric (see EVAL_METRICS) scored at every validated checkpoint on the first
+    # eval_rows validation rows, answered greedily; recorded as eval_<metric>. None scores none.
+    eval_metric: str | None = None
+    eval_rows: int = 64
     # Arithmetic of the frozen base weights: bf16 (fast on CPUs with AVX512-BF16/AMX), fp32,
     # or fp16 (GPU only). LoRA weights and their optimiser state are always fp32.
     precision: str = "bf16"
 
 
-# Metric -> whether lower is better. "last" takes the final checkpoint whatever its numbers.
+# Metric -> whether lower is better. "last" takes the final checkpoint whatever its numbers;
+# "eval_metric" the best value of the task metric named by the eval_metric parameter.
 SELECTION_METRICS = {
     "validation_loss": True,
     "validation_accuracy": False,
     "train_loss": True,
     "last": True,
+    "eval_metric": False,
 }
 PRECISIONS = ("bf16", "fp32", "fp16")
+# Task metrics of turing.tools.evals.metrics a run can score its checkpoints by; those that need
+# a JSON schema or a pattern are for run_eval only. Every one of them: higher is better.
+EVAL_METRICS = ("exact_match", "accuracy", "macro_f1", "token_f1", "rouge_l", "json_valid")
+# Those that compare answers against the dataset's label set.
+LABEL_METRICS = ("accuracy", "macro_f1")
+EVAL_PREFIX = "eval_"
 
 # Each check returns None when the value is allowed, else what is allowed.
 _Check = Callable[[Any], str | None]
@@ -119,8 +131,51 @@ _CHECKS: dict[str, _Check] = {
     "early_stopping_patience": _integer(0, 1_000),
     "early_stopping_min_delta": _number(0.0, 1e6),
     "selection_metric": _one_of(*SELECTION_METRICS),
+    "eval_metric": _one_of(*EVAL_METRICS),
+    "eval_rows": _integer(1, 10_000),
     "precision": _one_of(*PRECISIONS),
 }
+
+
+def check_parameter(key: str, value: Any) -> str | None:
+    """None when `value` is allowed for the training parameter `key`, else what is allowed.
+
+    A None value always stands for the default. Combinations are checked by
+    `combination_problems`.
+    """
+    if key not in _CHECKS:
+        return f"unknown parameter (valid: {', '.join(sorted(_CHECKS))})"
+    return None if value is None else _CHECKS[key](value)
+
+
+def combination_problems(values: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """Parameters each allowed alone but not together, as (key, value, what is wrong).
+
+    Args:
+        values: Parameter names to values that each passed `check_parameter`.
+    """
+    if values.get("selection_metric") == "eval_metric" and values.get("eval_metric") is None:
+        return [
+            (
+                "selection_metric",
+                "eval_metric",
+                "needs eval_metric, the task metric checkpoints are scored by, set to one of "
+                f"{', '.join(EVAL_METRICS)}",
+            )
+        ]
+    return []
+
+
+def checkpoint_metric(params: TrainParams) -> str:
+    """The checkpoint metric `selection_metric` names: eval_<metric> stands for "eval_metric"."""
+    if params.selection_metric == "eval_metric" and params.eval_metric is not None:
+        return EVAL_PREFIX + params.eval_metric
+    return params.selection_metric
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of a checkpoint metric is better (never for eval_* metrics)."""
+    return not metric.startswith(EVAL_PREFIX) and SELECTION_METRICS[metric]
 
 
 def parse_params(raw: dict[str, Any] | None) -> TrainParams:
@@ -150,6 +205,10 @@ def parse_params(raw: dict[str, Any] | None) -> TrainParams:
         allowed = _CHECKS[key](value)
         if allowed is not None:
             problems.append(f"{key}={value!r}: {allowed}")
+    if not problems:
+        problems += [
+            f"{key}={value!r}: {message}" for key, value, message in combination_problems(given)
+        ]
     if problems:
         raise InvalidInputError("invalid training parameters: " + "; ".join(problems))
 
@@ -227,6 +286,36 @@ def tokenize_rows(
         else:
             examples.append(example)
     return examples, dropped
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """A validation row answered at checkpoints: the messages before its final answer, and it."""
+
+    prompt: list[Message]
+    reference: str
+
+
+def select_eval_rows(rows: list[dict[str, Any]], limit: int) -> list[EvalRow]:
+    """The first `limit` rows, in file order, that can be answered and scored at checkpoints.
+
+    A row qualifies when it ends in an assistant turn with text, has messages before it, and
+    carries no tool definitions (generation renders prompts without tools). Others are skipped.
+    """
+    found: list[EvalRow] = []
+    for row in rows:
+        if len(found) == limit:
+            break
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or len(messages) < 2 or row.get("tools"):
+            continue
+        last = messages[-1]
+        if not isinstance(last, dict) or last.get("role") != "assistant":
+            continue
+        if not isinstance(last.get("content"), str) or last.get("tool_calls"):
+            continue
+        found.append(EvalRow(prompt=messages[:-1], reference=last["content"]))
+    return found
 
 
 def make_batches(
@@ -318,11 +407,13 @@ def train(
         validation_rows: Conversations to measure the loss on; may be empty.
         params: Hyperparameters (see `parse_params`).
         on_event: Receives `{"type": "step", ...}` after every optimiser step, and
-            `validation`, `checkpoint`, `early_stopped`, `resumed` and `non_finite_loss` events.
+            `validation` (with `eval_<metric>` when `params.eval_metric` is set), `checkpoint`,
+            `early_stopped`, `resumed` and `non_finite_loss` events.
         should_stop: Polled between steps; when it returns True the run saves a checkpoint and
             ends as cancelled.
-        options: `run_dir`, `resume`, `init_checkpoint`, `base_sha256` and `world`, as taken
-            by `turing.tools.finetune.trainer.Trainer`.
+        options: `run_dir`, `resume`, `init_checkpoint`, `base_sha256`, `world` and
+            `eval_labels` (the label set accuracy and macro_f1 score against), as taken by
+            `turing.tools.finetune.trainer.Trainer`.
 
     Raises:
         InvalidInputError: The rows, parameters or checkpoints cannot be trained on.

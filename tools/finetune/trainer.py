@@ -8,6 +8,10 @@ processes, so a run gives the same numbers on one process or on several.
 A checkpoint holds what resuming needs to continue as if never stopped: adapter weights,
 optimiser moments, the data position (the batch order of an epoch is a function of the seed and
 the epoch, so the step number says where to carry on) and every random generator's state.
+
+With an `eval_metric`, every validated checkpoint is also scored on a task metric: rank 0 answers
+the first `eval_rows` validation rows greedily and the score is shared with every process. The
+random generators are saved before and restored after, so scoring changes no training number.
 """
 
 from __future__ import annotations
@@ -29,18 +33,26 @@ from torch import nn
 
 from turing.tools.chat import ChatTemplate
 from turing.tools.errors import InvalidInputError, TuringError
+from turing.tools.evals.metrics import Scorer
 from turing.tools.finetune import checkpoints
 from turing.tools.finetune.distributed import World
 from turing.tools.finetune.train import (
+    EVAL_METRICS,
+    EVAL_PREFIX,
     IGNORE,
-    SELECTION_METRICS,
+    LABEL_METRICS,
+    EvalRow,
     Example,
     TrainParams,
+    checkpoint_metric,
     learning_rate_at,
+    lower_is_better,
     make_batches,
     prepare_examples,
+    select_eval_rows,
     tokenize_conversation,
 )
+from turing.tools.modeling import encode_text, generate
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +81,8 @@ _TRAJECTORY_PARAMS = (
     "seed",
     "precision",
 )
+# Tokens an answer may run past the longest reference answer before generation is cut off.
+EVAL_ANSWER_SLACK = 16
 
 
 class NonFiniteLossError(TuringError):
@@ -247,9 +261,12 @@ class Trainer:
         init_checkpoint: Path | None = None,
         base_sha256: str | None = None,
         world: World | None = None,
+        eval_labels: list[str] | None = None,
     ) -> None:
         self.started = time.monotonic()
         self.params = params
+        self.tokenizer = tokenizer
+        self.template = template
         self.world = world or World()
         self.device = self.world.device()
         self.run_dir = run_dir
@@ -269,6 +286,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * params.epochs
         self.warmup_steps = math.ceil(params.warmup_ratio * self.total_steps)
         self.checkpoint_every = params.checkpoint_every or self.steps_per_epoch
+        self.scorer, self.eval_set = self._eval_setup(validation_rows, eval_labels)
         self.metric, self.monitor = self._choose_metrics()
 
         # Model and optimiser
@@ -295,15 +313,48 @@ class Trainer:
 
     # Setup
 
+    def _eval_setup(
+        self, validation_rows: list[dict[str, Any]], labels: list[str] | None
+    ) -> tuple[Scorer | None, list[EvalRow]]:
+        """The task-metric scorer and the rows it scores at checkpoints (none without a metric).
+
+        Raises:
+            InvalidInputError: A label metric without labels, or a metric that is no task metric.
+        """
+        metric = self.params.eval_metric
+        if metric is None:
+            return None, []
+        if metric in LABEL_METRICS and not labels:
+            others = ", ".join(name for name in EVAL_METRICS if name not in LABEL_METRICS)
+            raise InvalidInputError(
+                f"eval_metric={metric!r} scores answers against the dataset's label set, and "
+                f"there is none; without labels use one of {others}"
+            )
+        scorer = Scorer([metric], labels=labels if metric in LABEL_METRICS else None)
+        rows = (
+            select_eval_rows(validation_rows, self.params.eval_rows) if self.validation_set else []
+        )
+        if not rows:
+            logger.warning(
+                "no validation row can be answered: eval_metric=%s is not scored", metric
+            )
+        return scorer, rows
+
     def _choose_metrics(self) -> tuple[str, str | None]:
         """The selection metric and the early-stopping metric, given what data there is."""
-        metric = self.params.selection_metric
+        metric = checkpoint_metric(self.params)
+        if metric.startswith(EVAL_PREFIX) and not self.eval_set:
+            logger.warning(
+                "%s is not scored: the output checkpoint is chosen by validation_loss", metric
+            )
+            metric = "validation_loss"
         if not self.validation_set and metric.startswith("validation_"):
             logger.warning("no validation rows: the output checkpoint is chosen by train_loss")
             metric = "train_loss"
         if not self.validation_set or self.params.early_stopping_patience == 0:
             return metric, None
-        return metric, metric if metric.startswith("validation_") else "validation_loss"
+        validated = metric.startswith(("validation_", EVAL_PREFIX))
+        return metric, metric if validated else "validation_loss"
 
     def _manifest_basics(self) -> dict[str, Any]:
         params = self.params
@@ -557,6 +608,49 @@ class Trainer:
             "validation_accuracy": correct / max(1.0, count),
         }
 
+    def evaluate_task(self) -> dict[str, float]:
+        """The task metric of greedy answers to the eval rows, as `{"eval_<metric>": value}`.
+
+        Rank 0 alone generates (no collective runs meanwhile, so nothing can deadlock); the
+        others add 0 to the sum that hands every process the same value.
+        """
+        assert self.scorer is not None and self.params.eval_metric is not None
+        metric = self.params.eval_metric
+        value = self._score_answers(metric) if self.world.is_main else 0.0
+        (value,) = self.world.sum([value])
+        return {EVAL_PREFIX + metric: value}
+
+    def _score_answers(self, metric: str) -> float:
+        assert self.scorer is not None
+        references = [row.reference for row in self.eval_set]
+        longest = max(len(encode_text(self.tokenizer, text, at_start=False)) for text in references)
+        max_new_tokens = min(self.params.max_seq_len, longest + EVAL_ANSWER_SLACK)
+
+        # Generation runs in eval mode and draws no random numbers, but the generators are
+        # restored all the same: the run must train exactly as it would without scoring.
+        saved = _random_states()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                answers = generate(
+                    self.model,
+                    self.tokenizer,
+                    self.template,
+                    [row.prompt for row in self.eval_set],
+                    max_new_tokens,
+                    batch_size=self.params.batch_size,
+                )
+        finally:
+            self.model.train(was_training)
+            _restore_random_states(saved)
+
+        records = [
+            self.scorer.example(answer, reference)
+            for answer, reference in zip(answers, references, strict=True)
+        ]
+        return float(self.scorer.aggregate(records)[metric])
+
     def _checkpoint(self, validate: bool = True) -> None:
         progress = self.progress
         self.saved_step = progress.step
@@ -568,6 +662,8 @@ class Trainer:
         if validate:
             if self.validation_set:
                 progress.validation = self.evaluate()
+                if self.eval_set:
+                    progress.validation.update(self.evaluate_task())
                 metrics.update(progress.validation)
                 self._event({"type": "validation", "step": progress.step, **progress.validation})
             progress.since_checkpoint = []
@@ -616,8 +712,7 @@ class Trainer:
     def _track_improvement(self, value: float | None) -> None:
         if value is None:
             return
-        lower_is_better = SELECTION_METRICS[self.monitor or "validation_loss"]
-        sign = 1 if lower_is_better else -1
+        sign = 1 if lower_is_better(self.monitor or "validation_loss") else -1
         best = self.progress.best
         if best is None or sign * (best - value) > self.params.early_stopping_min_delta:
             self.progress.best = value
@@ -653,12 +748,27 @@ class Trainer:
         if self.run_dir is None or not self.world.is_main:
             return None
         found = self._list_checkpoints()
-        best = checkpoints.best_checkpoint(found, self.metric, SELECTION_METRICS[self.metric])
+        best = checkpoints.best_checkpoint(found, self.metric, lower_is_better(self.metric))
         if best is None:
             return None
         checkpoints.set_output(self.run_dir, best)
         logger.info("output: %s by %s", Path(best["path"]).name, self.metric)
         return int(best["step"])
+
+
+def _random_states() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _restore_random_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None:
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _token_weighted_mean(losses: list[tuple[float, int]]) -> float | None:

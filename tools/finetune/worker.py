@@ -5,6 +5,9 @@ resumed, checkpoint, early stop, finished, failed) to `events.jsonl`, logs to st
 checkpoints under `checkpoints/`, and ends by writing `result.json` (renamed into place, so it is
 never half written); on success the chosen checkpoint's adapter is in `adapter/`.
 
+With an `eval_metric`, the label set that accuracy and macro_f1 score against is read from the
+dataset's `report.json`, beside its splits.
+
 Under torchrun (`python -m torch.distributed.run --nproc_per_node=N -m
 turing.tools.finetune.worker RUN_DIR`) every process trains its share of each batch and rank 0
 writes the files.
@@ -29,6 +32,7 @@ from turing.tools.datasets.jsonl import read_jsonl
 from turing.tools.errors import TuringError
 from turing.tools.finetune import checkpoints
 from turing.tools.finetune.distributed import World, join_world, leave_world
+from turing.tools.finetune.train import EVAL_PREFIX, LABEL_METRICS
 from turing.tools.jobs import append_event
 
 logger = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ class MetricsWriter:
 
     def _log(self, event: dict[str, Any]) -> None:
         if event["type"] == "validation":
-            logger.info("step %d validation loss %.4f", event["step"], event["validation_loss"])
+            logger.info("%s", _describe(event))
             return
         every = max(1, event["total_steps"] // self._total_log_lines)
         if event["step"] % every == 0 or event["step"] in (1, event["total_steps"]):
@@ -93,9 +97,12 @@ class EventRouter:
 
 def _describe(event: dict[str, Any]) -> str:
     if event["type"] == "validation":
+        scores = "".join(
+            f", {key} {value:.3f}" for key, value in event.items() if key.startswith(EVAL_PREFIX)
+        )
         return (
             f"validation at step {event['step']}: loss {event['validation_loss']:.4f}, "
-            f"token accuracy {event['validation_accuracy']:.3f}"
+            f"token accuracy {event['validation_accuracy']:.3f}{scores}"
         )
     return event["type"].replace("_", " ")
 
@@ -107,6 +114,23 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def dataset_labels(train_path: Path) -> list[str] | None:
+    """The label set of the dataset whose train split is `train_path`, from its report.
+
+    Returns:
+        Every label of the train and validation splits, sorted; None when the dataset has none
+        (not a classification dataset, or no report beside the split).
+    """
+    path = train_path.parent / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    counts = report.get("labels") or {}
+    labels = {*(counts.get("train") or {}), *(counts.get("validation") or {})} - {""}
+    return sorted(labels) or None
 
 
 def forget_steps_after_checkpoint(run_dir: Path) -> None:
@@ -151,6 +175,9 @@ def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any
     has_validation = validation_path is not None and validation_path.exists()
     validation_rows = read_jsonl(validation_path) if has_validation else []
     init_checkpoint = Path(job["init_checkpoint"]) if job.get("init_checkpoint") else None
+    labels = (
+        dataset_labels(Path(job["train_path"])) if params.eval_metric in LABEL_METRICS else None
+    )
     logger.info(
         "run %s: %d train rows, %d validation rows%s",
         run_dir.name,
@@ -180,6 +207,7 @@ def run_job(run_dir: Path, stop: threading.Event, world: World) -> dict[str, Any
             init_checkpoint=init_checkpoint,
             base_sha256=file_sha256(base) if base.is_file() else None,
             world=world,
+            eval_labels=labels,
         )
 
     # Outcome
