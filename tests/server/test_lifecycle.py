@@ -167,7 +167,7 @@ async def test_a_cancelled_run_ends_cancelled(
         (
             "start_finetune",
             {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
-            "lora_rank=0: must be an integer.*unknown parameter 'lr'.*no dataset 'ds-x'",
+            "lora_rank=0: must be an integer.*lr=1: unknown parameter.*no dataset 'ds-x'",
         ),
         ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
         ("prepare_dataset", {"path": "data/tickets.jsonl"}, "not an absolute path"),
@@ -229,4 +229,4 @@ def test_listing_tools_loads_neither_torch_nor_a_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "17 []"
+    assert done.stdout.strip() == "23 []"
