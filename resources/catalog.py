@@ -7,7 +7,6 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
 
 from mcp.server.mcpserver import MCPServer
 
@@ -76,8 +75,7 @@ def register(app: MCPServer, services: Services) -> None:
     )
     def eval_label_predictions(eval_id: str, label: str) -> str:
         """The rows whose reference is one label (URL-encode the label)."""
-        wanted = unquote(label)
-        return _predictions(eval_id, lambda line: line.get("label") == wanted)
+        return _predictions(eval_id, lambda line: line.get("label") == label)
 
     @app.resource("turing://evals/{eval_id}/safety", mime_type="application/x-ndjson")
     def eval_safety(eval_id: str) -> str:

@@ -259,6 +259,16 @@ async def test_an_eval_can_be_cancelled_and_waited_for(
     assert updates and updates[-1][0] == updates[-1][1] == 40
 
 
+async def test_a_gate_cannot_take_a_base_model_name(session: Session) -> None:
+    with pytest.raises(LifecycleError, match="is a base model's name"):
+        await session.call(
+            "set_gate",
+            deployment="smollm2-135m-instruct",
+            criteria=["accuracy >= 0.5"],
+            dataset_id="ds-x",
+        )
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -268,6 +278,11 @@ async def test_an_eval_can_be_cancelled_and_waited_for(
         ({"dataset_id": "ds-x", "criteria": ["accuracy >= baseline"]}, "'baseline' is not"),
         ({"dataset_id": "ds-x", "limit": 0, "safety_limit": -1}, "(?s)limit=0.*safety_limit=-1"),
         ({"dataset_id": "ds-x", "backend": "gpu"}, "backend 'gpu' is not one of"),
+        ({"dataset_id": "ds-x", "criteria": ["accuracy >= 5"]}, "accuracy is from 0 to 1"),
+        ({"dataset_id": "ds-x", "criteria": ["accuracy >= -1e400"]}, "out of range"),
+        ({"dataset_id": "ds-x", "criteria": ["p95_latency_ms <= 1e400"]}, "out of range"),
+        ({"dataset_id": "ds-x", "criteria": ["accuracy >= 1" + "0" * 300]}, "longer than 200"),
+        ({"dataset_id": "ds-x", "metrics": []}, "metrics=\\[\\]: must be a list of names"),
     ],
 )
 async def test_bad_eval_requests_name_the_value(

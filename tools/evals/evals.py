@@ -287,7 +287,11 @@ def _record_verdict(services: Services, row: dict[str, Any]) -> None:
 
 
 def list_evals(
-    services: Services, status: str | None = None, model: str | None = None, limit: int = 50
+    services: Services,
+    status: str | None = None,
+    model: str | None = None,
+    gate: str | None = None,
+    limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Evaluations, newest first, with their headline numbers."""
     if status is not None and status not in STATUSES:
@@ -302,6 +306,9 @@ def list_evals(
     if model:
         clauses.append("(model = ? OR version_id = ?)")
         params += [model, model]
+    if gate:
+        clauses.append("gate = ?")
+        params.append(gate)
     rows = services.registry.rows(
         "evals", " AND ".join(clauses) or None, params or None, order_by="created_at desc"
     )[:limit]

@@ -8,14 +8,15 @@ same metric of the base model or of the deployment's champion, optionally shifte
     refusal_rate >= base - 0.02
     p95_latency_ms <= 300
 
-A criterion relative to the champion when the deployment has no champion yet (nothing deployed,
-or the candidate is the champion itself) is *skipped*, not failed: there is nothing to regress
-against, and the verdict says so. A criterion whose metric was not measured *fails*, so a gate
-never passes on a number nobody looked at.
+A criterion relative to the champion when the deployment has no champion yet (nothing deployed)
+is *skipped*, not failed: there is nothing to regress against, and the verdict says so. A
+candidate that is the champion itself is compared with itself. A criterion whose metric was
+not measured *fails*, so a gate never passes on a number nobody looked at.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ GATE_METRICS = (*TASK_METRICS, *SAFETY_METRICS, *SERVING_METRICS, *OTHER_METRICS
 REFERENCES = ("base", "champion")
 OPERATORS = (">=", "<=", ">", "<")
 MAX_CRITERIA = 50
+MAX_CRITERION_CHARS = 200
+# Metrics that are shares or scores from 0 to 1; the others are positive quantities.
+UNIT_METRICS = frozenset(TASK_METRICS) | set(SAFETY_METRICS) | {"export_agreement"}
 # Scores are rounded to 4 places; a threshold met to within this counts as met.
 TOLERANCE = 1e-9
 
@@ -78,6 +82,8 @@ def parse_criteria(lines: list[str]) -> list[Criterion]:
     parsed, errors = [], []
     for index, line in enumerate(lines):
         try:
+            if len(line) > MAX_CRITERION_CHARS:
+                raise ValueError(f"longer than {MAX_CRITERION_CHARS} characters")
             parsed.append(_parse(line))
         except ValueError as exc:
             errors.append(f"criteria[{index}] {line[:200]!r}: {exc}")
@@ -100,11 +106,18 @@ def _parse(line: str) -> Criterion:
         raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(GATE_METRICS)}")
     text = " ".join(line.split())
     if match["number"] is not None:
-        return Criterion(text, metric, match["op"], number=float(match["number"]))
+        number = float(match["number"])
+        low, high = (0.0, 1.0) if metric in UNIT_METRICS else (0.0, math.inf)
+        if not math.isfinite(number) or not low <= number <= high:
+            allowed = "from 0 to 1" if metric in UNIT_METRICS else "0 or more"
+            raise ValueError(f"threshold {match['number']} is out of range: {metric} is {allowed}")
+        return Criterion(text, metric, match["op"], number=number)
     reference = match["ref"]
     if reference not in REFERENCES:
         raise ValueError(f"threshold {reference!r} is not a number, 'base' or 'champion'")
     shift = float(match["shift"] or 0.0) * (-1.0 if match["sign"] == "-" else 1.0)
+    if not math.isfinite(shift) or (metric in UNIT_METRICS and abs(shift) > 1):
+        raise ValueError(f"shift {match['shift']} is out of range: at most 1 for {metric}")
     return Criterion(text, metric, match["op"], reference=reference, shift=shift)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import audit, jobs
+from turing.tools.base_models import DEFAULT_BASE_MODEL
 from turing.tools.errors import ConflictError, InvalidInputError
 from turing.tools.evals.spec import EvalSpec, parse_spec, resolve
 
@@ -34,6 +35,11 @@ def set_gate(
     from turing.tools.deploy.versions import check_deployment_name
 
     check_deployment_name(deployment)
+    if services.registry.find("base_models", deployment) or deployment == DEFAULT_BASE_MODEL:
+        raise InvalidInputError(
+            f"deployment name {deployment!r} is a base model's name; a gate needs a name deploy "
+            "accepts"
+        )
     if not spec_args.get("criteria"):
         raise InvalidInputError(
             'a gate needs criteria, e.g. ["accuracy >= 0.8", "accuracy >= champion - 0.01", '

@@ -8,6 +8,7 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from turing.server.services import Services
 from turing.tools.evals import evals, gating
+from turing.tools.evals.spec import EvalSpec
 
 _SPEC_ARGS = """
             dataset_id: A dataset from prepare_dataset; its rows are scored.
@@ -36,6 +37,11 @@ _SPEC_ARGS = """
             export_tolerance: Also answer with the PyTorch adapter and report an export fault
                 when more than this fraction of rows get different answers (default 0.05 when
                 export_agreement is in the criteria)."""
+
+
+def _spec_args(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation-spec fields among a tool's arguments."""
+    return {name: arguments[name] for name in EvalSpec.__dataclass_fields__ if name in arguments}
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -81,21 +87,7 @@ def register(app: MCPServer, services: Services) -> None:
                 "llama_cpp", or "both" (llama.cpp plus the PyTorch adapter: export check).
             gate: A deployment with a gate; leave the options above out.
         """
-        spec_args = {
-            "dataset_id": dataset_id,
-            "split": split,
-            "limit": limit,
-            "metrics": metrics,
-            "json_schema": json_schema,
-            "pattern": pattern,
-            "perplexity": perplexity,
-            "safety": safety,
-            "harmful_prompts": harmful_prompts,
-            "safe_prompts": safe_prompts,
-            "safety_limit": safety_limit,
-            "criteria": criteria,
-            "export_tolerance": export_tolerance,
-        }
+        spec_args = _spec_args(locals())
         return evals.start_eval(
             services,
             model,
@@ -137,7 +129,10 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.tool()
     def list_evals(
-        status: str | None = None, model: str | None = None, limit: int = 50
+        status: str | None = None,
+        model: str | None = None,
+        gate: str | None = None,
+        limit: int = 50,
     ) -> list[dict[str, Any]]:
         """List evaluations, newest first, with the model's scores and verdict.
 
@@ -145,9 +140,10 @@ def register(app: MCPServer, services: Services) -> None:
             status: Only evals with this status: running, cancelling, succeeded, failed or
                 cancelled.
             model: Only evals of this model (as given) or model version.
+            gate: Only evals judged by this deployment's gate.
             limit: At most this many (1 to 1000).
         """
-        return evals.list_evals(services, status, model, limit)
+        return evals.list_evals(services, status, model, gate, limit)
 
     @app.tool()
     def cancel_eval(eval_id: str) -> dict[str, Any]:
@@ -184,21 +180,7 @@ def register(app: MCPServer, services: Services) -> None:
             deployment: The deployment name (it need not exist yet).
             reason: Why the gate is set or changed; kept in the audit trail.
         """
-        spec_args = {
-            "dataset_id": dataset_id,
-            "split": split,
-            "limit": limit,
-            "metrics": metrics,
-            "json_schema": json_schema,
-            "pattern": pattern,
-            "perplexity": perplexity,
-            "safety": safety,
-            "harmful_prompts": harmful_prompts,
-            "safe_prompts": safe_prompts,
-            "safety_limit": safety_limit,
-            "criteria": criteria,
-            "export_tolerance": export_tolerance,
-        }
+        spec_args = _spec_args(locals())
         return gating.set_gate(services, deployment, spec_args, reason)
 
     set_gate.__doc__ = (set_gate.__doc__ or "") + _SPEC_ARGS

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import jsonschema_specifications
 import referencing.exceptions
+import regex
 
 from turing.tools.errors import InvalidInputError
 
@@ -43,6 +44,8 @@ LABEL_METRICS = frozenset({"accuracy", "macro_f1"})
 OTHER_LABEL = "(other)"
 EMPTY_LABEL = "(empty)"
 UNMATCHED_LABELS = (OTHER_LABEL, EMPTY_LABEL)
+# The longest one regex_match may take on one answer before the evaluation stops with an error.
+MATCH_SECONDS = 2.0
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")
 # Scripts written without spaces between words: each character is its own token.
@@ -287,7 +290,15 @@ class Scorer:
 
     def _regex_match(self, prediction: str, reference: str) -> float:
         assert self._regex is not None  # set whenever regex_match is chosen
-        return float(self._regex.fullmatch(normalise(prediction)) is not None)
+        try:
+            found = self._regex.fullmatch(normalise(prediction), timeout=MATCH_SECONDS)
+        except TimeoutError:
+            raise InvalidInputError(
+                f"pattern {self._regex.pattern[:200]!r} took over {MATCH_SECONDS:g} s to match "
+                f"one answer of {len(prediction)} characters (catastrophic backtracking?); "
+                "simplify it, e.g. avoid nested repeats such as (\\w+\\s?)*"
+            ) from None
+        return float(found is not None)
 
 
 # --- per-example metrics ------------------------------------------------------------------
@@ -458,10 +469,30 @@ def _schema_validator(metrics: list[str], schema: Any) -> tuple[Any, list[str]]:
         where = "/".join(str(part) for part in exc.path) or "(root)"
         return None, [f"schema is not a valid JSON Schema at {where}: {exc.message}"]
     # An explicit registry: the default one fetches remote $refs over the network.
-    return cls(schema, registry=jsonschema_specifications.REGISTRY), []
+    validator = cls(schema, registry=jsonschema_specifications.REGISTRY)
+    errors = []
+    for ref in _references(schema):
+        try:
+            validator._resolver.lookup(ref)
+        except referencing.exceptions.Unresolvable:
+            errors.append(
+                f"schema: $ref {ref[:200]!r} cannot be resolved; refer only to parts of the "
+                "schema itself (remote schemas are never fetched)"
+            )
+    return (None if errors else validator), errors
 
 
-def _compiled_pattern(metrics: list[str], pattern: Any) -> tuple[re.Pattern[str] | None, list[str]]:
+def _references(node: Any, top: bool = True) -> list[str]:
+    """The `$ref`s of a schema, outside sub-schemas with their own `$id` (another base URI)."""
+    if isinstance(node, list):
+        return [ref for item in node for ref in _references(item, False)]
+    if not isinstance(node, dict) or (not top and "$id" in node):
+        return []
+    found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+    return found + [ref for value in node.values() for ref in _references(value, False)]
+
+
+def _compiled_pattern(metrics: list[str], pattern: Any) -> tuple[Any, list[str]]:
     if "regex_match" not in metrics:
         return None, []
     if pattern is None:
@@ -469,9 +500,10 @@ def _compiled_pattern(metrics: list[str], pattern: Any) -> tuple[re.Pattern[str]
     if not isinstance(pattern, str):
         return None, [f"pattern must be a string, not {type(pattern).__name__}"]
     try:
-        return re.compile(pattern), []
-    except re.error as exc:
-        return None, [f"pattern {pattern!r} does not compile: {exc}"]
+        # The `regex` engine takes Python's syntax and, unlike `re`, a time limit per match.
+        return regex.compile(pattern), []
+    except regex.error as exc:
+        return None, [f"pattern {pattern[:200]!r} does not compile: {exc}"]
 
 
 def _is_punctuation(char: str) -> bool:

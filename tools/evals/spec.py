@@ -74,7 +74,7 @@ def parse_spec(raw: dict[str, Any]) -> EvalSpec:
         errors.append(f"export_tolerance={tolerance!r}: must be a fraction of rows from 0 to 1")
     metrics = given.get("metrics")
     if metrics is not None and (
-        not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics)
+        not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics)
     ):
         errors.append(
             f"metrics={metrics!r}: must be a list of names from {', '.join(TASK_METRICS)}"
@@ -129,7 +129,11 @@ def resolve(
     dataset = services.registry.get("datasets", spec.dataset_id, "dataset")
     labels = _labels(dataset)
     references = [row["messages"][-1]["content"] for row in rows]
-    metrics = spec.metrics or default_metrics(references, labels)
+    metrics = default_metrics(references, labels) if spec.metrics is None else spec.metrics
+    # A schema or a pattern given is a schema or a pattern to check.
+    for given, metric in ((spec.json_schema, "schema_valid"), (spec.pattern, "regex_match")):
+        if given is not None and metric not in metrics:
+            metrics = [*metrics, metric]
     if spec.criteria is not None:
         named = {criterion.metric for criterion in gates.parse_criteria(spec.criteria)}
         metrics = metrics + [m for m in TASK_METRICS if m in named and m not in metrics]
