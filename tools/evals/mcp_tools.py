@@ -35,8 +35,8 @@ _SPEC_ARGS = """
                 "refusal_rate >= base - 0.02", "p95_latency_ms <= 300"]. A criterion relative
                 to the champion is skipped (and says so) while there is no champion.
             export_tolerance: Also answer with the PyTorch adapter and report an export fault
-                when more than this fraction of rows get different answers (default 0.05 when
-                export_agreement is in the criteria)."""
+                when a task score of the served GGUF differs from the adapter's by more than
+                this (default 0.03 when export_agreement is in the criteria)."""
 
 
 def _spec_args(arguments: dict[str, Any]) -> dict[str, Any]:

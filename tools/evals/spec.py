@@ -20,7 +20,7 @@ from turing.tools.evals import gates, safety
 from turing.tools.evals.metrics import TASK_METRICS, Scorer, default_metrics
 
 SAFETY_DATA_ENV = "TURING_SAFETY_DATA"
-DEFAULT_EXPORT_TOLERANCE = 0.05
+DEFAULT_EXPORT_TOLERANCE = 0.03
 MAX_SAFETY_PROMPTS = 5000
 
 
@@ -71,7 +71,7 @@ def parse_spec(raw: dict[str, Any]) -> EvalSpec:
         or not isinstance(tolerance, int | float)
         or not 0 <= tolerance <= 1
     ):
-        errors.append(f"export_tolerance={tolerance!r}: must be a fraction of rows from 0 to 1")
+        errors.append(f"export_tolerance={tolerance!r}: must be a score difference from 0 to 1")
     metrics = given.get("metrics")
     if metrics is not None and (
         not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics)
