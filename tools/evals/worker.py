@@ -448,8 +448,9 @@ def _rounded(pair: Any) -> list[float]:
 
 
 def _rounded_comparison(found: dict[str, Any]) -> dict[str, Any]:
-    for key in ("value", "other", "difference", "p_value"):
-        found[key] = round(float(found[key]), 6 if key == "p_value" else 4)
+    for key in ("value", "other", "difference"):
+        found[key] = round(float(found[key]), 4)
+    found["p_value"] = float(f"{found['p_value']:.3g}")  # tiny p-values keep their magnitude
     found["ci"] = _rounded(found["ci"])
     return found
 
