@@ -142,9 +142,16 @@ def _gates_and_audit(db: sqlite_utils.Database) -> None:
     db.table("audit").create_index(["subject", "time"])
 
 
+def _shadow_traffic(db: sqlite_utils.Database) -> None:
+    queries = db.table("queries")
+    queries.add_column("shadow", int, not_null_default=0)  # 1: mirrored, answered nobody
+    queries.add_column("routing_key", str)  # a sha256 prefix of the caller's sticky key
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
     (3, "run queue: queued_at, started_at, attempts", _run_queue),
     (4, "evaluation gates, verdicts and the audit trail", _gates_and_audit),
+    (5, "shadow traffic and sticky routing keys on queries", _shadow_traffic),
 ]

@@ -8,7 +8,7 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 
 from turing.server.services import Services
-from turing.tools.deploy import versions
+from turing.tools.deploy import traffic, versions
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -25,7 +25,7 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.tool()
     async def deploy(
-        model: str, deployment: str, reason: str = "", force_reason: str = ""
+        model: str, deployment: str, reason: str = "", force_reason: str = "", actor: str = ""
     ) -> dict[str, Any]:
         """Route all of a named deployment's traffic to a model version.
 
@@ -41,14 +41,118 @@ def register(app: MCPServer, services: Services) -> None:
             deployment: Endpoint name: 1-64 letters, digits, '-', '_' or '.'; created if new.
             reason: Why this revision exists; recorded with it.
             force_reason: Deploy despite a missing or failing verdict, for this reason.
+            actor: Who deploys (a person or an agent); recorded in the audit trail.
         """
         return await anyio.to_thread.run_sync(
-            versions.deploy, services, model, deployment, reason, force_reason
+            versions.deploy, services, model, deployment, reason, force_reason, actor
+        )
+
+    @app.tool()
+    async def set_routes(
+        deployment: str,
+        routes: list[dict[str, Any]],
+        reason: str = "",
+        force_reason: str = "",
+        actor: str = "",
+    ) -> dict[str, Any]:
+        """Split a deployment's traffic between model versions: a new revision with these routes.
+
+        Use it for A/B tests (two weighted routes; pass query_model a routing_key so each user
+        stays on one route) and shadow routes (mirrored traffic whose answers nobody sees, to
+        compare a version on real requests). Rules, all checked at once: weights are whole
+        percentages 0-100 and the live (non-shadow) weights sum to exactly 100; weight 0
+        receives nothing; a version appears once; versions exist and share the deployment's
+        base model; at most 16 routes, 4 of them shadows. A version that newly receives live
+        traffic or becomes the champion (highest weight) needs a passing gate verdict unless
+        force_reason is given; shadows need none. Returns the new revision and its routes.
+
+        Args:
+            deployment: Endpoint name; created if new.
+            routes: e.g. [{"version_id": "mv-a", "weight": 50}, {"version_id": "mv-b",
+                "weight": 50}, {"version_id": "mv-c", "shadow": true}].
+            reason: Why this revision exists; recorded with it and in the audit trail.
+            force_reason: Route to versions without a passing gate verdict, for this reason.
+            actor: Who makes the change (a person or an agent); recorded in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            traffic.set_routes, services, deployment, routes, reason, force_reason, actor
+        )
+
+    @app.tool()
+    async def canary(
+        deployment: str,
+        model: str,
+        percent: int,
+        reason: str = "",
+        force_reason: str = "",
+        actor: str = "",
+    ) -> dict[str, Any]:
+        """Start a canary: send `percent` of a deployment's traffic to a new version.
+
+        The champion (the current highest-weight route) keeps 100 - percent; other live routes
+        are dropped, shadow routes stay. The canary needs a passing gate verdict unless
+        force_reason is given. Watch it, then call promote (it takes all traffic) or rollback.
+
+        Args:
+            deployment: An existing deployment.
+            model: The canary: a model version (mv-...) or a succeeded run (exported first).
+            percent: Its share of traffic, a whole number from 1 to 99.
+            reason: Why; recorded with the revision and in the audit trail.
+            force_reason: Start the canary without a passing gate verdict, for this reason.
+            actor: Who starts it (a person or an agent); recorded in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            traffic.canary, services, deployment, model, percent, reason, force_reason, actor
+        )
+
+    @app.tool()
+    async def promote(
+        deployment: str, reason: str = "", force_reason: str = "", actor: str = ""
+    ) -> dict[str, Any]:
+        """Promote a deployment's canary or challenger: it gets 100% of live traffic.
+
+        The challenger is the live route with the highest weight other than the champion; a
+        tie between challengers is refused (decide with set_routes). As the new champion it
+        needs a passing gate verdict unless force_reason is given. Shadow routes stay.
+
+        Args:
+            deployment: A deployment with a canary or challenger route.
+            reason: Why; recorded with the revision and in the audit trail.
+            force_reason: Promote without a passing gate verdict, for this reason.
+            actor: Who promotes (a person or an agent); recorded in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            traffic.promote, services, deployment, reason, force_reason, actor
+        )
+
+    @app.tool()
+    async def rollback(
+        deployment: str, revision: int | None = None, reason: str = "", actor: str = ""
+    ) -> dict[str, Any]:
+        """Roll a deployment back: a new revision with the routes of an earlier one.
+
+        Without `revision`, copies the revision before the current one. Not gated, since those
+        routes were served before. Revision numbers only grow: rolling back twice returns to
+        the routes that were rolled back. Refused when there is no earlier revision.
+
+        Args:
+            deployment: The deployment to roll back.
+            revision: The earlier revision whose routes to restore (see list_deployments and
+                turing://deployments/{deployment}/audit); default: the previous one.
+            reason: Why; recorded with the revision and in the audit trail.
+            actor: Who rolls back (a person or an agent); recorded in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            traffic.rollback, services, deployment, revision, reason, actor
         )
 
     @app.tool()
     def list_deployments() -> list[dict[str, Any]]:
-        """List deployments with their current revision and routes (version id, weight)."""
+        """List deployments with their current revision and routes.
+
+        Each route has version_id and weight (percent of live traffic); shadow routes, which
+        only receive mirrored traffic, also carry "shadow": true.
+        """
         return versions.describe_deployments(services)
 
     @app.tool()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import random
@@ -16,6 +17,7 @@ from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import audit
 from turing.tools.base_models import DEFAULT_BASE_MODEL, get_base_model
+from turing.tools.deploy.routing import Route, choose_route, parse_stored
 from turing.tools.errors import InvalidInputError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -23,8 +25,9 @@ logger = logging.getLogger(__name__)
 ADAPTER_FILE = "adapter.gguf"
 TORCH_ADAPTER = "adapter"  # the PyTorch (peft) adapter the GGUF was exported from
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-# Deploys run in worker threads; one at a time keeps version ids and revision numbers unique.
-_DEPLOY_LOCK = threading.Lock()
+# Deploys and route changes run in worker threads; one at a time keeps version ids and
+# revision numbers unique.
+DEPLOY_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class ModelTarget:
     version_id: str | None = None
     deployment: str | None = None
     revision: int | None = None
+    shadows: tuple[str, ...] = ()  # versions this query is mirrored to, without answering
 
 
 def export_run(services: Services, run_id: str) -> dict[str, Any]:
@@ -52,12 +56,17 @@ def export_run(services: Services, run_id: str) -> dict[str, Any]:
 
     run = get_run(services, run_id)
     source = adapter_dir(services, run_id)
-    with _DEPLOY_LOCK:
+    with DEPLOY_LOCK:
         return _register_version(services, run, source)
 
 
 def deploy(
-    services: Services, model: str, deployment: str, reason: str = "", force_reason: str = ""
+    services: Services,
+    model: str,
+    deployment: str,
+    reason: str = "",
+    force_reason: str = "",
+    actor: str = "",
 ) -> dict[str, Any]:
     """Route all of a deployment's traffic to a model version, if its gate lets it.
 
@@ -67,6 +76,7 @@ def deploy(
         deployment: The endpoint's name; created on first deploy.
         reason: Why this revision exists; kept with it.
         force_reason: Deploy even without a passing gate verdict; kept in the audit trail.
+        actor: Who deploys (a person or an agent), kept in the audit trail.
 
     Raises:
         ConflictError: The deployment has a gate and the version has no passing verdict
@@ -74,21 +84,10 @@ def deploy(
     """
     from turing.tools.evals import gating
 
-    check_deployment_name(deployment)
-    if services.registry.find("base_models", deployment) or deployment == DEFAULT_BASE_MODEL:
-        raise InvalidInputError(
-            f"deployment name {deployment!r} is a base model's name; choose another name"
-        )
-    if model.startswith("mv-"):
-        version = services.registry.get("model_versions", model, "model version")
-    elif model.startswith("run-"):
-        version = export_run(services, model)
-    else:
-        raise InvalidInputError(
-            f"model {model!r}: give a succeeded run id (run-...) or a model version id (mv-...)"
-        )
+    check_new_deployment(services, deployment)
+    version = find_version(services, model)
     force_reason = force_reason.strip()
-    with _DEPLOY_LOCK:
+    with DEPLOY_LOCK:
         champion = champion_version(services, deployment)
         check = gating.check_deploy(services, version["id"], deployment, champion)
         if not check["passed"] and not force_reason:
@@ -106,28 +105,77 @@ def deploy(
             gated=check["gated"],
             eval_id=check.get("eval_id"),
             overridden=check["problems"],
+            actor=actor,
         )
     deployed["gate"] = check
     return deployed
+
+
+def find_version(services: Services, model: str) -> dict[str, Any]:
+    """The model version a run (exported now, once) or a version id names."""
+    if model.startswith("mv-"):
+        return services.registry.get("model_versions", model, "model version")
+    if model.startswith("run-"):
+        return export_run(services, model)
+    raise InvalidInputError(
+        f"model {model!r}: give a succeeded run id (run-...) or a model version id (mv-...)"
+    )
+
+
+def check_new_deployment(services: Services, deployment: str) -> None:
+    """Refuse a name no deployment may take: a malformed one, or a base model's."""
+    check_deployment_name(deployment)
+    if services.registry.find("base_models", deployment) or deployment == DEFAULT_BASE_MODEL:
+        raise InvalidInputError(
+            f"deployment name {deployment!r} is a base model's name; choose another name"
+        )
 
 
 def champion_version(services: Services, deployment: str) -> str | None:
     """The version serving most of a deployment's traffic now, or None before its first deploy."""
     if services.registry.find("deployments", deployment) is None:
         return None
-    return str(max(current_routes(services, deployment), key=lambda route: route[1])[0])
+    return champion_of(current_routes(services, deployment))
+
+
+def champion_of(routes: list[Route]) -> str:
+    """The live route with the highest weight (the first one on ties)."""
+    live = [route for route in routes if not route.shadow]
+    return max(live, key=lambda route: route.weight).version_id
 
 
 def _route_all(
     services: Services, version: dict[str, Any], deployment: str, reason: str
 ) -> dict[str, Any]:
+    revision = write_revision(services, deployment, [Route(version["id"], 100)], reason)
+    logger.info(
+        "deployment %s revision %d routes to %s (run %s)",
+        deployment,
+        revision,
+        version["id"],
+        version["run_id"],
+    )
+    return {
+        "deployment": deployment,
+        "revision": revision,
+        "version_id": version["id"],
+        "routes": [{"version_id": version["id"], "weight": 100}],
+        "gguf_path": version["gguf_path"],
+        "base_model": version["base_model"],
+    }
+
+
+def write_revision(services: Services, deployment: str, routes: list[Route], reason: str) -> int:
+    """Store the deployment's next revision with these routes and make it current.
+
+    Callers hold DEPLOY_LOCK, so revision numbers stay unique and in order.
+    """
     previous = services.registry.find("deployments", deployment)
     revision = 1 if previous is None else previous["revision"] + 1
-    routes = [[version["id"], 100]]
     revision_row = {
         "deployment": deployment,
         "revision": revision,
-        "routes": routes,
+        "routes": [route.stored() for route in routes],
         "reason": reason,
         "created_at": utc_now(),
     }
@@ -147,22 +195,7 @@ def _route_all(
     else:
         writes.append(("update", "deployments", deployment, {"revision": revision}))
     services.registry.write_many(writes)
-
-    logger.info(
-        "deployment %s revision %d routes to %s (run %s)",
-        deployment,
-        revision,
-        version["id"],
-        version["run_id"],
-    )
-    return {
-        "deployment": deployment,
-        "revision": revision,
-        "version_id": version["id"],
-        "routes": [{"version_id": version["id"], "weight": 100}],
-        "gguf_path": version["gguf_path"],
-        "base_model": version["base_model"],
-    }
+    return revision
 
 
 def _register_version(services: Services, run: dict[str, Any], source: Path) -> dict[str, Any]:
@@ -212,8 +245,7 @@ def resolve_model(services: Services, ref: str) -> ModelTarget:
         return version_target(services, ref)
     deployment = services.registry.find("deployments", ref)
     if deployment is not None:
-        routes = current_routes(services, ref)
-        version_id = max(routes, key=lambda route: route[1])[0]
+        version_id = champion_of(current_routes(services, ref))
         return version_target(services, version_id, ref, deployment["revision"])
     if services.registry.find("base_models", ref) is not None or ref == "smollm2-135m-instruct":
         base = get_base_model(services, ref)
@@ -224,8 +256,17 @@ def resolve_model(services: Services, ref: str) -> ModelTarget:
     )
 
 
-def route_query(services: Services, ref: str, rng: random.Random | None = None) -> ModelTarget:
-    """The target that serves one query: for a deployment, a route drawn by its weights."""
+def route_query(
+    services: Services,
+    ref: str,
+    routing_key: str | None = None,
+    rng: random.Random | None = None,
+) -> ModelTarget:
+    """The target that serves one query: for a deployment, the route its weights choose.
+
+    A routing key makes the choice sticky within the revision (see routing.choose_route); the
+    target names the revision's shadow versions, to which the query is mirrored.
+    """
     deployment = services.registry.find("deployments", ref)
     if deployment is None:
         target = resolve_model(services, ref)
@@ -235,15 +276,24 @@ def route_query(services: Services, ref: str, rng: random.Random | None = None) 
                 "or its model version (mv-...)"
             )
         return target
-    routes = [route for route in current_routes(services, ref) if route[1] > 0]
-    chosen = (rng or random).choices(routes, weights=[route[1] for route in routes])[0]
-    return version_target(services, chosen[0], ref, deployment["revision"])
+    revision = deployment["revision"]
+    routes = revision_routes(services, ref, revision)
+    chosen = choose_route(routes, routing_key, ref, revision, rng)
+    target = version_target(services, chosen.version_id, ref, revision)
+    shadows = tuple(route.version_id for route in routes if route.shadow)
+    return dataclasses.replace(target, shadows=shadows)
 
 
-def current_routes(services: Services, deployment: str) -> list[list[Any]]:
-    """The (version id, weight) routes of a deployment's current revision."""
+def current_routes(services: Services, deployment: str) -> list[Route]:
+    """The routes of a deployment's current revision."""
     revision = services.registry.get("deployments", deployment, "deployment")["revision"]
-    return services.registry.get("deployment_revisions", (deployment, revision))["routes"]
+    return revision_routes(services, deployment, revision)
+
+
+def revision_routes(services: Services, deployment: str, revision: int) -> list[Route]:
+    """The routes of one revision of a deployment."""
+    row = services.registry.get("deployment_revisions", (deployment, revision), "revision")
+    return parse_stored(row["routes"])
 
 
 def describe_deployments(services: Services) -> list[dict[str, Any]]:
@@ -255,7 +305,7 @@ def describe_deployments(services: Services) -> list[dict[str, Any]]:
             {
                 "deployment": row["name"],
                 "revision": row["revision"],
-                "routes": [{"version_id": v, "weight": w} for v, w in revision["routes"]],
+                "routes": [route.describe() for route in parse_stored(revision["routes"])],
                 "reason": revision["reason"],
                 "updated_at": revision["created_at"],
             }

@@ -1,4 +1,8 @@
-"""Answer chat queries from a deployment, model version or base model, recording each one."""
+"""Answer chat queries from a deployment, model version or base model, recording each one.
+
+A deployment's query is answered by the route its weights (or the caller's routing key) choose,
+then mirrored to the revision's shadow versions in the background.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ from typing import Any
 
 from turing.server.registry import utc_now
 from turing.server.services import Services
-from turing.tools.deploy.versions import route_query
+from turing.tools.deploy.routing import check_routing_key, key_digest
+from turing.tools.deploy.versions import ModelTarget, route_query, version_target
 from turing.tools.errors import InvalidInputError, TuringError
+from turing.tools.query.shadow import mirror
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +30,13 @@ def query_model(
     messages: list[dict[str, Any]],
     max_tokens: int = 256,
     temperature: float = 0.0,
+    routing_key: str | None = None,
 ) -> dict[str, Any]:
-    """Generate the assistant's reply with llama.cpp; blocking, so call it off the event loop."""
+    """Generate the assistant's reply with llama.cpp; blocking, so call it off the event loop.
+
+    A routing key (e.g. a user id) sends every query with that key to the same route of the
+    deployment's current revision.
+    """
     check_messages(messages)
     if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
         raise InvalidInputError(
@@ -33,18 +44,15 @@ def query_model(
         )
     if not 0.0 <= temperature <= 2.0:
         raise InvalidInputError(f"temperature={temperature}: must be between 0 and 2")
-    target = route_query(services, model)
+    check_routing_key(routing_key)
+    target = route_query(services, model, routing_key)
+    key = key_digest(routing_key)
 
-    started = time.perf_counter()
     try:
-        engine = services.engines.get(
-            Path(target.base_gguf), Path(target.adapter_gguf) if target.adapter_gguf else None
-        )
-        completion = engine.complete(messages, max_tokens=max_tokens, temperature=temperature)
-    except TuringError as exc:
-        _record(services, target, None, (time.perf_counter() - started) * 1000, str(exc))
-        raise
-    _record(services, target, completion, completion.latency_ms, None)
+        completion = _answer(services, target, messages, max_tokens, temperature, key, False)
+    finally:
+        for version_id in target.shadows:
+            _mirror(services, target, version_id, messages, max_tokens, temperature, key)
 
     return {
         "text": completion.text,
@@ -58,7 +66,54 @@ def query_model(
         "time_to_first_token_ms": round(completion.time_to_first_token_ms, 2),
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
+        "shadows": list(target.shadows),
     }
+
+
+def _answer(
+    services: Services,
+    target: ModelTarget,
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    temperature: float,
+    key: str | None,
+    shadow: bool,
+) -> Any:
+    """One completion from the target's engine, recorded in the queries table either way."""
+    started = time.perf_counter()
+    try:
+        engine = services.engines.get(
+            Path(target.base_gguf), Path(target.adapter_gguf) if target.adapter_gguf else None
+        )
+        completion = engine.complete(messages, max_tokens=max_tokens, temperature=temperature)
+    except TuringError as exc:
+        elapsed = (time.perf_counter() - started) * 1000
+        _record(services, target, None, elapsed, str(exc), key, shadow)
+        raise
+    _record(services, target, completion, completion.latency_ms, None, key, shadow)
+    return completion
+
+
+def _mirror(
+    services: Services,
+    target: ModelTarget,
+    version_id: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    temperature: float,
+    key: str | None,
+) -> None:
+    """Queue the same request for a shadow version; its answer only reaches the telemetry."""
+    copied = [dict(message) for message in messages]
+
+    def run() -> None:
+        shadow = version_target(services, version_id, target.deployment, target.revision)
+        try:
+            _answer(services, shadow, copied, max_tokens, temperature, key, True)
+        except TuringError as exc:
+            logger.warning("shadow request to %s of %s failed: %s", version_id, shadow.name, exc)
+
+    mirror.submit(f"{target.deployment}/{version_id}", run)
 
 
 def check_messages(messages: list[dict[str, Any]]) -> None:
@@ -78,7 +133,13 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
 
 
 def _record(
-    services: Services, target: Any, completion: Any, latency_ms: float, error: str | None
+    services: Services,
+    target: ModelTarget,
+    completion: Any,
+    latency_ms: float,
+    error: str | None,
+    routing_key: str | None = None,
+    shadow: bool = False,
 ) -> None:
     services.registry.insert(
         "queries",
@@ -91,6 +152,8 @@ def _record(
             "prompt_tokens": completion.prompt_tokens if completion else None,
             "completion_tokens": completion.completion_tokens if completion else None,
             "error": error,
+            "shadow": int(shadow),
+            "routing_key": routing_key,
             "created_at": utc_now(),
         },
     )
