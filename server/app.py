@@ -32,8 +32,10 @@ run_eval(model=<run_id>, gate=<deployment>) (exports the run to a model version 
 as served; wait_for_eval: scores with confidence intervals beside the base model and the
 champion, paired tests, the verdict) -> deploy(model=<version_id>, deployment) -> query_model
 (model=<deployment>). deploy refuses a version without a passing verdict unless given a
-force_reason, which the audit trail keeps. Long work returns an id at once; wait or poll for its
-status. A failed or cancelled run continues with resume_run.
+force_reason, which the audit trail keeps. Traffic: canary (a percentage to a new version),
+promote, rollback, set_routes (weighted A/B and shadow routes; query_model's routing_key keeps a
+caller on one route). Long work returns an id at once; wait or poll for its status. A failed or
+cancelled run continues with resume_run.
 """
 
 
