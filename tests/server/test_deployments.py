@@ -81,6 +81,10 @@ async def test_deploy_canary_promote_and_rollback_make_revisions_with_an_audit_t
     )
     assert canary["revision"] == 2 and canary["champion"] == a
     assert canary["routes"] == [{"version_id": a, "weight": 90}, {"version_id": b, "weight": 10}]
+    with pytest.raises(LifecycleError, match="already serves exactly these routes"):
+        await session.call("canary", deployment="triage", model=b, percent=10)
+    with pytest.raises(LifecycleError, match="percent"):
+        await session.call("canary", deployment="triage", model=b, percent=True)
 
     # A routing key keeps its route for the whole revision.
     for key in ("user-1", "user-2", "user-3", "user-4"):
@@ -101,7 +105,7 @@ async def test_deploy_canary_promote_and_rollback_make_revisions_with_an_audit_t
     assert back["routes"] == canary["routes"]
     first = await session.call("rollback", deployment="triage", revision=1, actor="carol")
     assert first["revision"] == 5 and first["routes"] == [{"version_id": a, "weight": 100}]
-    with pytest.raises(LifecycleError, match="has no revision 9; its revisions are 1, 2, 3, 4, 5"):
+    with pytest.raises(LifecycleError, match="has no revision 9; its revisions are 1 to 5"):
         await session.call("rollback", deployment="triage", revision=9)
 
     (listed,) = await session.call("list_deployments")
@@ -174,6 +178,31 @@ async def test_a_shadow_route_is_mirrored_and_a_gate_guards_canaries(
     newest = (await audit_trail(session, "triage"))[0]
     assert newest["action"] == "forced_canary" and newest["reason"] == "approved by on-call"
     assert any("no finished evaluation" in line for line in newest["details"]["overridden"])
+
+    # A champion and a challenger at 50/50: promote will not guess which one wins.
+    await session.call(
+        "set_routes",
+        deployment="triage",
+        routes=[{"version_id": a, "weight": 50}, {"version_id": b, "weight": 50}],
+        force_reason="A/B",
+    )
+    with pytest.raises(LifecycleError, match="tie at 50%"):
+        await session.call("promote", deployment="triage", force_reason="x")
+
+    # Replacing the live version keeps the shadow mirroring.
+    await session.call(
+        "set_routes",
+        deployment="triage",
+        routes=[{"version_id": b, "weight": 100}, {"version_id": a, "shadow": True}],
+        force_reason="b alone, a watched",
+    )
+    replaced = await session.call("deploy", model=b, deployment="triage", force_reason="redeploy")
+    assert replaced["routes"] == [
+        {"version_id": b, "weight": 100},
+        {"version_id": a, "weight": 0, "shadow": True},
+    ]
+    entry = (await audit_trail(session, "triage"))[0]
+    assert entry["action"] == "forced_deploy" and entry["details"]["routes"] == replaced["routes"]
 
 
 async def telemetry(tmp_path: Path, deployment: str, expect_shadow_rows: int) -> list[dict]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from pydantic import Field
 
 from turing.server.services import Services
 from turing.tools.deploy import traffic, versions
+
+# A whole number as JSON gives it: no booleans, no numeric strings.
+WholeNumber = Annotated[int, Field(strict=True)]
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -82,7 +86,7 @@ def register(app: MCPServer, services: Services) -> None:
     async def canary(
         deployment: str,
         model: str,
-        percent: int,
+        percent: WholeNumber,
         reason: str = "",
         force_reason: str = "",
         actor: str = "",
@@ -127,7 +131,10 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.tool()
     async def rollback(
-        deployment: str, revision: int | None = None, reason: str = "", actor: str = ""
+        deployment: str,
+        revision: WholeNumber | None = None,
+        reason: str = "",
+        actor: str = "",
     ) -> dict[str, Any]:
         """Roll a deployment back: a new revision with the routes of an earlier one.
 

@@ -125,6 +125,12 @@ def promote(
             )
         top = max(route.weight for route in challengers)
         tied = [route.version_id for route in challengers if route.weight == top]
+        champion_weight = max(r.weight for r in live_routes(current) if r.version_id == champion)
+        if top == champion_weight:
+            raise ConflictError(
+                f"{tied[0]} and the champion {champion} of {deployment!r} tie at {top}%: say "
+                "which one wins with set_routes"
+            )
         if len(tied) > 1:
             raise ConflictError(
                 f"challengers {', '.join(tied)} of {deployment!r} tie at {top}%: say which one "
@@ -168,9 +174,9 @@ def rollback(
                 )
             revision = current - 1
         elif not 1 <= revision <= current:
-            numbers = ", ".join(str(number) for number in range(1, current + 1))
             raise NotFoundError(
-                f"deployment {deployment!r} has no revision {revision}; its revisions are {numbers}"
+                f"deployment {deployment!r} has no revision {revision}; its revisions are 1 to "
+                f"{current}"
             )
         elif revision == current:
             raise ConflictError(
@@ -203,6 +209,11 @@ def _change(
     """Gate, write and audit a new revision; the caller holds versions.DEPLOY_LOCK."""
     exists = services.registry.find("deployments", deployment) is not None
     previous = versions.current_routes(services, deployment) if exists else []
+    if exists and [r.stored() for r in routes] == [r.stored() for r in previous]:
+        # A new revision would change nothing but reshuffle every sticky routing key.
+        raise ConflictError(
+            f"{deployment!r} already serves exactly these routes; no new revision was made"
+        )
     champion = versions.champion_of(previous) if previous else None
     checks = {} if action == "rollback" else _gate_checks(services, deployment, previous, routes)
     failing = {version_id: c for version_id, c in checks.items() if not c["passed"]}

@@ -88,11 +88,23 @@ def deploy(
     version = find_version(services, model)
     force_reason = force_reason.strip()
     with DEPLOY_LOCK:
-        champion = champion_version(services, deployment)
+        exists = services.registry.find("deployments", deployment) is not None
+        previous = current_routes(services, deployment) if exists else []
+        if previous:
+            serving = get_version_base(services, previous)
+            if serving != version["base_model"]:
+                raise InvalidInputError(
+                    f"{version['id']} is built on base model {version['base_model']!r} but "
+                    f"{deployment!r} serves base model {serving!r}; every route of a "
+                    "deployment shares one base model"
+                )
+        champion = champion_of(previous) if previous else None
         check = gating.check_deploy(services, version["id"], deployment, champion)
         if not check["passed"] and not force_reason:
             raise gating.refuse_deploy(version["id"], deployment, check)
-        deployed = _route_all(services, version, deployment, reason or f"deploy {model}")
+        # Shadow routes keep mirroring: replacing the live version does not end an experiment.
+        shadows = [r for r in previous if r.shadow and r.version_id != version["id"]]
+        deployed = _route_all(services, version, deployment, reason or f"deploy {model}", shadows)
         action = "forced_deploy" if not check["passed"] else "deploy"
         audit.record(
             services,
@@ -101,6 +113,8 @@ def deploy(
             force_reason if action == "forced_deploy" else reason,
             version_id=version["id"],
             revision=deployed["revision"],
+            routes=deployed["routes"],
+            previous_routes=[route.describe() for route in previous],
             previous_champion=champion,
             gated=check["gated"],
             eval_id=check.get("eval_id"),
@@ -144,10 +158,20 @@ def champion_of(routes: list[Route]) -> str:
     return max(live, key=lambda route: route.weight).version_id
 
 
+def get_version_base(services: Services, routes: list[Route]) -> str:
+    """The base model the versions of these routes are built on (they share one)."""
+    return str(services.registry.get("model_versions", routes[0].version_id)["base_model"])
+
+
 def _route_all(
-    services: Services, version: dict[str, Any], deployment: str, reason: str
+    services: Services,
+    version: dict[str, Any],
+    deployment: str,
+    reason: str,
+    shadows: list[Route],
 ) -> dict[str, Any]:
-    revision = write_revision(services, deployment, [Route(version["id"], 100)], reason)
+    routes = [Route(version["id"], 100), *shadows]
+    revision = write_revision(services, deployment, routes, reason)
     logger.info(
         "deployment %s revision %d routes to %s (run %s)",
         deployment,
@@ -159,7 +183,7 @@ def _route_all(
         "deployment": deployment,
         "revision": revision,
         "version_id": version["id"],
-        "routes": [{"version_id": version["id"], "weight": 100}],
+        "routes": [route.describe() for route in routes],
         "gguf_path": version["gguf_path"],
         "base_model": version["base_model"],
     }

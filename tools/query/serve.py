@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS_LIMIT = 2048
+SHADOW_DROPPED = "shadow copy dropped: the mirror queue was full"
 
 
 def query_model(
@@ -113,7 +114,10 @@ def _mirror(
         except TuringError as exc:
             logger.warning("shadow request to %s of %s failed: %s", version_id, shadow.name, exc)
 
-    mirror.submit(f"{target.deployment}/{version_id}", run)
+    if not mirror.submit(f"{target.deployment}/{version_id}", run):
+        # The loss is visible where shadow results are read: a shadow row with the reason.
+        dropped = version_target(services, version_id, target.deployment, target.revision)
+        _record(services, dropped, None, 0.0, SHADOW_DROPPED, key, True)
 
 
 def check_messages(messages: list[dict[str, Any]]) -> None:
