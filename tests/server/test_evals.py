@@ -113,9 +113,8 @@ async def test_a_gate_decides_deploys_and_the_audit_trail_keeps_forced_ones(
     )
     assert not forced["gate"]["passed"]
 
-    trail = json.loads(
-        (await session.client.read_resource("turing://deployments/triage/audit")).contents[0].text  # type: ignore[union-attr]
-    )
+    found = await session.client.read_resource("turing://deployments/triage/audit")
+    trail = json.loads(found.contents[0].text)  # type: ignore[union-attr]
     assert [entry["action"] for entry in trail] == [
         "forced_deploy",
         "gate_set",
