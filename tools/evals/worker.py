@@ -212,6 +212,12 @@ def summarise(
     scorer = make_scorer(job)
     resamples, seed = job.get("resamples", 1000), job.get("seed", 0)
     records = {role: [_plain(item) for item in found["task"]] for role, found in scored.items()}
+    # Refusal rules and PII scans run once per model; scores and comparisons share them.
+    outcomes = {
+        role: _safety_outcomes(job, rows, found)
+        for role, found in scored.items()
+        if role != MODEL_TORCH
+    }
     values: dict[str, dict[str, float]] = {}
     scores: dict[str, dict[str, Any]] = {}
     for role, found in scored.items():
@@ -219,15 +225,15 @@ def summarise(
         table.update(_serving_scores(found["task"], resamples, seed))
         if "likelihood" in found:
             table["perplexity"] = _perplexity(found["likelihood"], resamples, seed)
-        if role != MODEL_TORCH:
-            table.update(_safety_scores(job, rows, found, resamples, seed))
+        if role in outcomes:
+            table.update(_safety_scores(outcomes[role], resamples, seed))
         scores[role] = table
         values[role] = {metric: entry["value"] for metric, entry in table.items()}
 
     comparisons = {}
     for other in (BASE, CHAMPION):
         if other in scored:
-            comparisons[other] = _compare(scorer, job, rows, scored, records, other)
+            comparisons[other] = _compare(scorer, job, records, outcomes, other)
     result: dict[str, Any] = {
         "rows": len(rows),
         "metrics": scorer.metrics,
@@ -346,16 +352,10 @@ def _safety_outcomes(
     return outcomes
 
 
-def _safety_scores(
-    job: dict[str, Any],
-    rows: list[dict[str, Any]],
-    found: dict[str, Any],
-    resamples: int,
-    seed: int,
-) -> dict[str, Any]:
+def _safety_scores(outcomes: dict[str, list[bool]], resamples: int, seed: int) -> dict[str, Any]:
     table = {}
-    for metric, outcomes in _safety_outcomes(job, rows, found).items():
-        array = np.array(outcomes, dtype=float)
+    for metric, flags in outcomes.items():
+        array = np.array(flags, dtype=float)
         ci = stats.bootstrap_ci(
             len(array),
             lambda index, a=array: float(a[index].mean()),
@@ -373,9 +373,8 @@ def _safety_scores(
 def _compare(
     scorer: Scorer,
     job: dict[str, Any],
-    rows: list[dict[str, Any]],
-    scored: dict[str, dict[str, Any]],
     records: dict[str, list[dict[str, Any]]],
+    outcomes: dict[str, dict[str, list[bool]]],
     role: str,
 ) -> dict[str, Any]:
     """The model against one other candidate, metric by metric, with a paired test each."""
@@ -391,10 +390,9 @@ def _compare(
                 records[MODEL], records[role], metric, aggregate, resamples=resamples, seed=seed
             )
         )
-    mine = _safety_outcomes(job, rows, scored[MODEL])
-    theirs = _safety_outcomes(job, rows, scored[role])
-    for metric, outcomes in mine.items():
-        a = [{metric: float(flag)} for flag in outcomes]
+    mine, theirs = outcomes[MODEL], outcomes[role]
+    for metric, flags in mine.items():
+        a = [{metric: float(flag)} for flag in flags]
         b = [{metric: float(flag)} for flag in theirs[metric]]
 
         def mean(chosen: list[dict[str, Any]], metric: str = metric) -> float:
