@@ -148,10 +148,67 @@ def _shadow_traffic(db: sqlite_utils.Database) -> None:
     queries.add_column("routing_key", str)  # a sha256 prefix of the caller's sticky key
 
 
+def _query_telemetry(db: sqlite_utils.Database) -> None:
+    queries = db.table("queries")
+    queries.add_column("error_type", str)  # the error's class, e.g. BusyError
+    queries.add_column("transport", str)  # "mcp" or "http"
+    queries.add_column("cost", float)  # tokens in and out at the deployment's price then
+    queries.add_column("replaced_cost", float)  # the same tokens at the replaced model's price
+    queries.add_column("pii", str)  # comma-separated kinds of PII the answer added; NULL: none
+    queries.create_index(["version_id", "created_at"])
+    db.table("pricing").create(
+        {
+            "deployment": str,
+            "price_per_1k_tokens": float,
+            "replaced_model": str,
+            "replaced_price_per_1k_tokens": float,
+            "updated_at": str,
+        },
+        pk="deployment",
+    )
+
+
+def _model_aliases(db: sqlite_utils.Database) -> None:
+    # champion and challenger follow a deployment's routes and are never stored; these are the
+    # aliases people set, and every move of one (set or delete) as an immutable history row.
+    db.table("aliases").create(
+        {
+            "deployment": str,
+            "alias": str,
+            "version_id": str,
+            "reason": str,
+            "actor": str,
+            "updated_at": str,
+        },
+        pk=("deployment", "alias"),
+        foreign_keys=[
+            ("deployment", "deployments", "name"),
+            ("version_id", "model_versions", "id"),
+        ],
+    )
+    db.table("alias_history").create(
+        {
+            "id": int,
+            "deployment": str,
+            "alias": str,
+            "action": str,
+            "version_id": str,
+            "previous_version_id": str,
+            "reason": str,
+            "actor": str,
+            "time": str,
+        },
+        pk="id",
+    )
+    db.table("alias_history").create_index(["deployment", "alias", "id"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
     (3, "run queue: queued_at, started_at, attempts", _run_queue),
     (4, "evaluation gates, verdicts and the audit trail", _gates_and_audit),
     (5, "shadow traffic and sticky routing keys on queries", _shadow_traffic),
+    (6, "query telemetry (cost, PII, transport, error type) and pricing", _query_telemetry),
+    (7, "model version aliases and their history", _model_aliases),
 ]

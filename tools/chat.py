@@ -7,6 +7,7 @@ served with exactly the text layout it was trained on.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,9 +16,15 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from turing.tools.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
 Message = dict[str, Any]
 
-# Used only when a GGUF carries no template of its own (ChatML, as SmolLM2 uses).
+# Used only when a GGUF carries no template of its own but its vocabulary has ChatML's tokens.
+CHATML_START = "<|im_start|>"
+CHATML_END = "<|im_end|>"
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -163,19 +170,46 @@ def _raise_exception(message: str) -> None:
 
 @lru_cache(maxsize=16)
 def read_chat_template(gguf_path: str | Path) -> ChatTemplate:
-    """Read the chat template and special tokens stored in a GGUF file's metadata."""
+    """Read the chat template and special tokens stored in a GGUF file's metadata.
+
+    A GGUF without `tokenizer.chat_template` is served with ChatML only when its vocabulary
+    holds `<|im_start|>` and `<|im_end|>` as tokens of their own; `<|im_end|>` then ends the
+    turn, so generation stops there instead of writing template markup into the answer.
+
+    Raises:
+        InvalidInputError: The file has no chat template and its vocabulary lacks ChatML's
+            tokens, so no prompt layout the model knows can be chosen.
+    """
     from gguf import GGUFReader  # memory-maps the file; cheap, but keep it off import time
 
     reader = GGUFReader(str(gguf_path))
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    source = _field(reader, "tokenizer.chat_template") or CHATML_TEMPLATE
+    tokens = _field(reader, "tokenizer.ggml.tokens") or []
     bos_id = _field(reader, "tokenizer.ggml.bos_token_id")
     eos_id = _field(reader, "tokenizer.ggml.eos_token_id")
-    return ChatTemplate(
-        source=str(source),
-        bos_token=tokens[bos_id] if tokens and bos_id is not None else "",
-        eos_token=tokens[eos_id] if tokens and eos_id is not None else "<|im_end|>",
-    )
+    bos_token = tokens[bos_id] if bos_id is not None and bos_id < len(tokens) else ""
+    eos_token = tokens[eos_id] if eos_id is not None and eos_id < len(tokens) else ""
+
+    source = _field(reader, "tokenizer.chat_template")
+    if source is None:
+        _check_chatml_vocabulary(gguf_path, tokens)
+        logger.info("%s has no chat template; serving it with ChatML", gguf_path)
+        return ChatTemplate(source=CHATML_TEMPLATE, bos_token=bos_token, eos_token=CHATML_END)
+    if not eos_token:
+        raise InvalidInputError(
+            f"GGUF file {gguf_path} has a chat template but no tokenizer.ggml.eos_token_id "
+            "naming a token of its vocabulary, so the end of an answer cannot be found"
+        )
+    return ChatTemplate(source=str(source), bos_token=bos_token, eos_token=eos_token)
+
+
+def _check_chatml_vocabulary(gguf_path: str | Path, tokens: list[str]) -> None:
+    missing = [marker for marker in (CHATML_START, CHATML_END) if marker not in set(tokens)]
+    if missing:
+        raise InvalidInputError(
+            f"GGUF file {gguf_path} has no chat template (tokenizer.chat_template) and its "
+            f"vocabulary has no {' or '.join(missing)} token, so the ChatML fallback would "
+            "leak template text into answers; use a GGUF that carries its chat template"
+        )
 
 
 def _field(reader: Any, key: str) -> Any:

@@ -23,3 +23,11 @@ class NotFoundError(TuringError):
 
 class ConflictError(TuringError):
     """The request clashes with the current state (e.g. deploying a run that has not finished)."""
+
+
+class BusyError(ConflictError):
+    """A shared resource (e.g. a model engine) is at capacity; retry later or raise the limit."""
+
+
+class UpstreamError(ConflictError):
+    """A remote server that a route points at could not be reached or answered with an error."""

@@ -112,15 +112,15 @@ def test_tiny_base_round_trips_through_gguf_with_identical_weights_and_logits(
 
 
 @requires_llama_cpp
-@pytest.mark.parametrize("dtype", ["f32", "f16"])
+@pytest.mark.parametrize("dtype", ["f32", "f16", "q8_0"])
 def test_llama_cpp_serves_exported_tiny_base_with_pytorch_logits(
     dtype: str, tiny_gguf: Path, tmp_path: Path
 ) -> None:
     model = build_tiny_model(seed=0)
-    if dtype == "f16":
-        gguf_path = export_model_gguf(model, smollm2_gguf(), tmp_path / "tiny-f16.gguf", dtype)
-    else:
+    if dtype == "f32":
         gguf_path = tiny_gguf  # build_tiny_base wrote the same model in f32
+    else:
+        gguf_path = export_model_gguf(model, smollm2_gguf(), tmp_path / f"tiny-{dtype}.gguf", dtype)
 
     served = engine(gguf_path)
     for prompt in (CHAT_QUESTION, PLAIN_PROMPT):
@@ -164,8 +164,60 @@ def test_model_whose_vocabulary_differs_from_the_base_tokenizer_is_refused(
 
 
 def test_unknown_export_dtype_is_refused_naming_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(InvalidInputError, match=r"'q8_0'.*'f32', 'f16'"):
-        export_model_gguf(build_tiny_model(), smollm2_gguf(), tmp_path / "x.gguf", dtype="q8_0")
+    with pytest.raises(InvalidInputError, match=r"'q4_0'.*'f32', 'f16', 'q8_0'"):
+        export_model_gguf(build_tiny_model(), smollm2_gguf(), tmp_path / "x.gguf", dtype="q4_0")
+
+
+def test_q8_0_quantizes_matrices_keeps_norms_f32_and_writes_odd_rows_in_f16(
+    tmp_path: Path,
+) -> None:
+    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf.quants import dequantize
+    from transformers import LlamaForCausalLM
+
+    config = tiny_llama_config()
+    config.hidden_size, config.head_dim = 80, 20  # rows of 80 values hold 2.5 blocks of 32
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(config).eval()
+
+    gguf_path = export_model_gguf(model, smollm2_gguf(), tmp_path / "odd.gguf", dtype="q8_0")
+
+    reader = GGUFReader(str(gguf_path))
+    tensors = {t.name: t for t in reader.tensors}
+    types = {name: GGMLQuantizationType(t.tensor_type).name for name, t in tensors.items()}
+    assert types["blk.0.ffn_down.weight"] == "Q8_0"  # rows of intermediate_size=128 values
+    for name in ("token_embd.weight", "blk.0.attn_q.weight", "blk.1.ffn_up.weight"):
+        assert types[name] == "F16", name
+    assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == "F32"
+    assert reader.fields["general.file_type"].contents() == 7  # llama.cpp's MOSTLY_Q8_0
+
+    down = model.model.layers[0].mlp.down_proj.weight.detach().numpy()
+    packed = tensors["blk.0.ffn_down.weight"]
+    restored = dequantize(packed.data, GGMLQuantizationType.Q8_0).reshape(down.shape)
+    assert np.abs(restored - down).max() <= np.abs(down).max() / 127
+
+
+def test_safetensors_are_read_without_torch_exactly_as_torch_reads_them(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from turing.tools.deploy.gguf_export import read_safetensors
+
+    torch.manual_seed(5)
+    tensors = {
+        "bf16": torch.randn(3, 5).bfloat16(),
+        "f16": torch.randn(4).half(),
+        "f32": torch.randn(2, 3, 2),
+    }
+    save_file(tensors, tmp_path / "weights.safetensors")
+
+    read = read_safetensors(tmp_path / "weights.safetensors")
+    for name, tensor in load_file(tmp_path / "weights.safetensors").items():
+        assert read[name].dtype == np.float32
+        np.testing.assert_array_equal(read[name], tensor.float().numpy())
+
+    save_file({"ids": torch.arange(3)}, tmp_path / "ints.safetensors")
+    with pytest.raises(InvalidInputError, match=r"tensor 'ids' .* has dtype 'I64'"):
+        read_safetensors(tmp_path / "ints.safetensors")
 
 
 # --- LoRA adapters -------------------------------------------------------------------------

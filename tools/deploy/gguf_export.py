@@ -29,7 +29,16 @@ SUPPORTED_ARCHITECTURES = ("llama",)
 # GGUF names of the linear layers a LoRA adapter may adapt, per transformer block.
 LORA_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
-EXPORT_DTYPES = ("f32", "f16")
+EXPORT_DTYPES = ("f32", "f16", "q8_0")
+
+# llama.cpp's general.file_type for each export dtype: ALL_F32, MOSTLY_F16, MOSTLY_Q8_0.
+_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}
+
+# Q8_0 packs blocks of 32 values of a row; a row of another length cannot be quantized.
+Q8_0_BLOCK = 32
+
+# safetensors dtype names and the numpy types they read as (bf16 is widened by hand).
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<part>[AB])\.weight$")
 
@@ -175,12 +184,7 @@ def export_lora_adapter(adapter_dir: Path, base_gguf: Path, out_path: Path) -> P
     """
     adapter_dir = Path(adapter_dir)
     info = read_gguf_info(base_gguf)
-    _check_architecture(info)
-    config = _read_adapter_config(adapter_dir)
-
-    tensors = _load_adapter_tensors(adapter_dir)
-    pairs = _collect_lora_pairs(tensors, info)
-    _check_pairs_fit_base(pairs, info)
+    config, pairs = _read_checked_adapter(adapter_dir, info, "exported as a llama.cpp LoRA adapter")
 
     alpha = _gguf_alpha(config)
     writer = _new_writer(info.architecture)
@@ -195,6 +199,40 @@ def export_lora_adapter(adapter_dir: Path, base_gguf: Path, out_path: Path) -> P
     _write_atomically(writer, Path(out_path))
     logger.info("exported LoRA adapter %s (%d layers) to %s", adapter_dir, len(pairs), out_path)
     return Path(out_path)
+
+
+def check_mergeable_adapter(adapter_dir: Path, base_gguf: Path) -> int:
+    """Check that a peft adapter holds only plain LoRA matrices that fit a base, before a merge.
+
+    A merged export writes the base's own layers with the LoRA product added, so it takes the
+    same adapters a llama.cpp LoRA adapter does: anything else (full weights saved by
+    modules_to_save, embedding or output-layer LoRA, DoRA, biases) is refused by name.
+
+    Args:
+        adapter_dir: Folder holding peft's `adapter_config.json` and `adapter_model.safetensors`.
+        base_gguf: The base model GGUF the adapter was trained on.
+
+    Returns:
+        How many layers the adapter adapts.
+
+    Raises:
+        InvalidInputError: The adapter holds tensors or options the merged export refuses, or
+            does not fit the base model.
+    """
+    info = read_gguf_info(base_gguf)
+    _, pairs = _read_checked_adapter(Path(adapter_dir), info, "merged and exported to GGUF")
+    return len(pairs)
+
+
+def _read_checked_adapter(
+    adapter_dir: Path, info: GGUFInfo, purpose: str
+) -> tuple[dict[str, Any], list[_LoraPair]]:
+    _check_architecture(info)
+    config = _read_adapter_config(adapter_dir)
+    tensors = _load_adapter_tensors(adapter_dir)
+    pairs = _collect_lora_pairs(tensors, info, purpose)
+    _check_pairs_fit_base(pairs, info)
+    return config, pairs
 
 
 def _check_architecture(info: GGUFInfo) -> None:
@@ -226,18 +264,57 @@ def _read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
 
 
 def _load_adapter_tensors(adapter_dir: Path) -> dict[str, np.ndarray]:
-    from safetensors.torch import load_file  # torch reads bf16, which numpy cannot
-
     weights_path = adapter_dir / "adapter_model.safetensors"
     if not weights_path.is_file():
         raise InvalidInputError(
             f"{adapter_dir} has no adapter_model.safetensors; save the adapter with "
             "save_pretrained(safe_serialization=True)"
         )
-    return {name: t.float().numpy() for name, t in load_file(str(weights_path)).items()}
+    return read_safetensors(weights_path)
 
 
-def _collect_lora_pairs(tensors: dict[str, np.ndarray], info: GGUFInfo) -> list[_LoraPair]:
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Read every tensor of a safetensors file as float32 numpy arrays, without torch.
+
+    Servers export adapters in worker threads; reading the file format directly keeps torch
+    (seconds to import, hundreds of MB) out of the server process.
+
+    Args:
+        path: A `.safetensors` file of float tensors (F64, F32, F16 or BF16).
+
+    Returns:
+        Tensor name to float32 array.
+
+    Raises:
+        InvalidInputError: The file is truncated, malformed, or holds another dtype.
+    """
+    data = Path(path).read_bytes()
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path} is not a safetensors file: {exc}") from exc
+    body = memoryview(data)[8 + header_size :]
+
+    tensors = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(meta.get("dtype"))
+        begin, end = meta["data_offsets"]
+        if dtype is None or end > len(body):
+            problem = f"dtype {meta.get('dtype')!r}" if dtype is None else "data past the file end"
+            raise InvalidInputError(f"tensor {name!r} in {path} has {problem}")
+        array = np.frombuffer(body[begin:end], dtype=np.dtype(dtype).newbyteorder("<"))
+        if meta["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = array.astype(np.float32).reshape(meta["shape"])
+    return tensors
+
+
+def _collect_lora_pairs(
+    tensors: dict[str, np.ndarray], info: GGUFInfo, purpose: str
+) -> list[_LoraPair]:
     name_map = _tensor_name_map(info.architecture, info.block_count)
     refused: dict[str, list[str]] = {}
     parts: dict[str, dict[str, np.ndarray]] = {}
@@ -249,7 +326,7 @@ def _collect_lora_pairs(tensors: dict[str, np.ndarray], info: GGUFInfo) -> list[
             continue
         parts.setdefault(match["module"], {})[match["part"]] = value
     if refused:
-        raise InvalidInputError(_refusal_message(refused))
+        raise InvalidInputError(_refusal_message(refused, purpose))
 
     pairs = []
     for module, ab in parts.items():
@@ -266,7 +343,7 @@ def _collect_lora_pairs(tensors: dict[str, np.ndarray], info: GGUFInfo) -> list[
 def _refusal_reason(key: str, is_lora_matrix: bool) -> str:
     if is_lora_matrix:
         return (
-            "adapt a layer llama.cpp LoRA export does not support; target only q_proj, k_proj, "
+            "adapt a layer that GGUF export does not support; target only q_proj, k_proj, "
             "v_proj, o_proj, gate_proj, up_proj and down_proj"
         )
     if "lora_magnitude_vector" in key:
@@ -285,17 +362,17 @@ def _refusal_reason(key: str, is_lora_matrix: bool) -> str:
         return "are LoRA biases; llama.cpp LoRA adapters carry no biases (lora_bias=False)"
     return (
         "are full weights (modules_to_save or trainable tokens), not LoRA matrices; retrain "
-        "without modules_to_save, or merge the adapter and export the whole model"
+        "without modules_to_save"
     )
 
 
-def _refusal_message(refused: dict[str, list[str]]) -> str:
+def _refusal_message(refused: dict[str, list[str]], purpose: str) -> str:
     groups = []
     for reason, keys in refused.items():
         names = ", ".join(repr(key) for key in keys[:3])
         more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
         groups.append(f"tensors {names}{more} {reason}")
-    return "adapter cannot be exported as a llama.cpp LoRA adapter: " + "; ".join(groups)
+    return f"adapter cannot be {purpose}: " + "; ".join(groups)
 
 
 def _tensor_name_map(architecture: str, block_count: int) -> Any:
@@ -382,7 +459,8 @@ def export_model_gguf(model: Any, base_gguf: Path, out_path: Path, dtype: str = 
         model: A `LlamaForCausalLM` (for example a merged LoRA model, or one built from a config).
         base_gguf: A GGUF whose tokenizer the model uses.
         out_path: Where to write the model GGUF; replaced atomically.
-        dtype: "f32" or "f16" for the weight matrices; norms stay f32.
+        dtype: "f32", "f16" or "q8_0" for the weight matrices; norms stay f32. With "q8_0" a
+            matrix whose rows are not a multiple of 32 values long is written in f16.
 
     Returns:
         `out_path`.
@@ -400,11 +478,11 @@ def export_model_gguf(model: Any, base_gguf: Path, out_path: Path, dtype: str = 
     writer = _new_writer("llama")
     writer.add_type("model")
     writer.add_name(Path(out_path).stem)
-    writer.add_file_type(0 if dtype == "f32" else 1)  # llama.cpp's ALL_F32 / MOSTLY_F16
+    writer.add_file_type(_FILE_TYPES[dtype])
     _add_hyperparameters(writer, config)
     _copy_tokenizer_metadata(base_reader, writer)
-    for name, tensor in _model_tensors(model, dtype):
-        writer.add_tensor(name, tensor)
+    for name, tensor in _model_tensors(model):
+        _add_weight(writer, name, tensor, dtype)
 
     _write_atomically(writer, Path(out_path))
     logger.info("exported %d-layer model to %s (%s)", config.num_hidden_layers, out_path, dtype)
@@ -474,7 +552,7 @@ def _copy_tokenizer_metadata(reader: Any, writer: Any) -> None:
         writer.add_key_value(key, meta.contents(), vtype, sub_type=sub_type)
 
 
-def _model_tensors(model: Any, dtype: str) -> Iterator[tuple[str, np.ndarray]]:
+def _model_tensors(model: Any) -> Iterator[tuple[str, np.ndarray]]:
     config = model.config
     name_map = _tensor_name_map("llama", config.num_hidden_layers)
     n_head = config.num_attention_heads
@@ -495,8 +573,21 @@ def _model_tensors(model: Any, dtype: str) -> Iterator[tuple[str, np.ndarray]]:
             array = permute_rotary_rows(array, n_head)
         elif name.endswith("attn_k.weight"):
             array = permute_rotary_rows(array, n_head_kv)
-        # llama.cpp keeps norm vectors in f32 whatever the file type.
-        yield name, _f32(array) if dtype == "f32" or array.ndim == 1 else array.astype(np.float16)
+        yield name, array
+
+
+def _add_weight(writer: Any, name: str, array: np.ndarray, dtype: str) -> None:
+    # llama.cpp keeps norm vectors in f32 whatever the file type.
+    if dtype == "f32" or array.ndim != 2:
+        writer.add_tensor(name, _f32(array))
+    elif dtype == "q8_0" and array.shape[-1] % Q8_0_BLOCK == 0:
+        from gguf import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        packed = quantize(_f32(array), GGMLQuantizationType.Q8_0)
+        writer.add_tensor(name, packed, raw_dtype=GGMLQuantizationType.Q8_0)
+    else:
+        writer.add_tensor(name, array.astype(np.float16))
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import anyio
@@ -9,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from turing.server.services import Services
-from turing.tools.deploy import traffic, versions
+from turing.tools.deploy import aliases, lineage, traffic, versions
 
 # A whole number as JSON gives it: no booleans, no numeric strings.
 WholeNumber = Annotated[int, Field(strict=True)]
@@ -19,13 +20,27 @@ def register(app: MCPServer, services: Services) -> None:
     """Declare the deployment tools on the app."""
 
     @app.tool()
-    async def export_model(run_id: str) -> dict[str, Any]:
+    async def export_model(
+        run_id: str, format: str = "adapter", dtype: str = "f16"
+    ) -> dict[str, Any]:
         """Export a succeeded run's LoRA adapter to GGUF as a model version (mv-...).
 
         The version is what deploy serves and what run_eval(model=<mv-...>) scores through
-        llama.cpp. Exporting the same weights again returns the same version.
+        llama.cpp. Versions are content-addressed: exporting the same weights in the same
+        format and dtype again returns the same version. Adapters holding anything but LoRA
+        matrices on the attention and MLP projections are refused, naming the tensors.
+
+        Args:
+            run_id: A succeeded run (run-...).
+            format: "adapter" (default): a small llama.cpp LoRA GGUF served over the shared
+                base model, so many versions share one base in memory. "merged": one GGUF of
+                the base with the adapter folded in (takes up to a minute), for serving
+                without the base or elsewhere (llama.cpp, Ollama); format in the answer is
+                "gguf-merged-<dtype>".
+            dtype: Weights of a merged export: "f16" (exact) or "q8_0" (about half the size,
+                near-identical answers). Leave it out for format="adapter".
         """
-        return await anyio.to_thread.run_sync(versions.export_run, services, run_id)
+        return await anyio.to_thread.run_sync(versions.export_run, services, run_id, format, dtype)
 
     @app.tool()
     async def deploy(
@@ -169,3 +184,94 @@ def register(app: MCPServer, services: Services) -> None:
             "base_models": services.registry.rows("base_models", order_by="name"),
             "model_versions": services.registry.rows("model_versions", order_by="created_at desc"),
         }
+
+    register_registry(app, services)
+
+
+def register_registry(app: MCPServer, services: Services) -> None:
+    """Declare the model registry's tools and resources: aliases, lineage, model cards."""
+
+    @app.tool()
+    async def set_alias(
+        deployment: str, alias: str, version_id: str, reason: str = "", actor: str = ""
+    ) -> dict[str, Any]:
+        """Point a named alias of a deployment (e.g. "stable") at a model version.
+
+        Afterwards "deployment@alias" names that version wherever a model is asked for
+        (query_model, run_eval, deploy, canary, get_lineage). "champion" (the route with most
+        traffic) and "challenger" (the next live route) exist on every deployment and follow
+        its routes; they cannot be set. Every move is kept with its reason and actor
+        (list_aliases, turing://deployments/{deployment}/audit).
+
+        Args:
+            deployment: An existing deployment.
+            alias: 1-32 lowercase letters, digits, '-' or '_', starting with a letter.
+            version_id: A model version (mv-...) on the deployment's base model, or an alias
+                ("triage@champion") resolved now, so the new alias keeps that version.
+            reason: Why the alias moves; recorded.
+            actor: Who moves it (a person or an agent); recorded.
+        """
+        return await anyio.to_thread.run_sync(
+            aliases.set_alias, services, deployment, alias, version_id, reason, actor
+        )
+
+    @app.tool()
+    async def delete_alias(
+        deployment: str, alias: str, reason: str = "", actor: str = ""
+    ) -> dict[str, Any]:
+        """Remove an alias set with set_alias; its history stays. champion/challenger cannot be.
+
+        Args:
+            deployment: The deployment the alias belongs to.
+            alias: The alias name.
+            reason: Why; recorded.
+            actor: Who removes it; recorded.
+        """
+        return await anyio.to_thread.run_sync(
+            aliases.delete_alias, services, deployment, alias, reason, actor
+        )
+
+    @app.tool()
+    def list_aliases(deployment: str) -> dict[str, Any]:
+        """List a deployment's aliases, the version each names now, and every move of each.
+
+        Each alias says whether it follows the routes (champion, challenger) or was set with
+        set_alias. History entries (oldest first) carry action, version_id,
+        previous_version_id, reason, actor and time; route aliases also the revision.
+        """
+        return aliases.list_aliases(services, deployment)
+
+    @app.tool()
+    async def get_lineage(model: str) -> dict[str, Any]:
+        """Trace a model version: dataset -> run -> checkpoint -> evals -> version -> deployments.
+
+        Returns the dataset version (source file, SHA-256, rows, report summary), the run
+        (configuration, base model, status, checkpoint selection), the exported checkpoint
+        (step and metrics), every evaluation of the version (gate, verdict, scores with 95%
+        intervals), the version itself (format, SHA-256, path), each deployment revision that
+        routes to it and the aliases naming it now. The model card is
+        turing://models/{version_id}/card.
+
+        Args:
+            model: A model version id (mv-...) or an alias (deployment@alias).
+        """
+        return await anyio.to_thread.run_sync(lineage.get_lineage, services, model)
+
+    @app.resource("turing://models/{version_id}/lineage", mime_type="application/json")
+    async def model_lineage(version_id: str) -> str:
+        """A model version's lineage as JSON (see get_lineage); an alias works as the id."""
+        found = await anyio.to_thread.run_sync(lineage.get_lineage, services, version_id)
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://models/{version_id}/card", mime_type="text/markdown")
+    async def model_card(version_id: str) -> str:
+        """A model version's model card (Markdown): data, training, scores, safety, intended
+        use and limits, lineage. Generated on each read and written as MODEL_CARD.md beside
+        the version's artifact."""
+        path = await anyio.to_thread.run_sync(lineage.write_model_card, services, version_id)
+        return path.read_text(encoding="utf-8")
+
+    @app.resource("turing://deployments/{deployment}/aliases", mime_type="application/json")
+    def deployment_aliases(deployment: str) -> str:
+        """A deployment's aliases and their history as JSON (see list_aliases)."""
+        return json.dumps(aliases.list_aliases(services, deployment), indent=2)

@@ -13,11 +13,24 @@ from typing import Any
 
 from turing.server.services import Services
 from turing.tools import audit
-from turing.tools.deploy import versions
+from turing.tools.deploy import aliases, versions
 from turing.tools.deploy.routing import Route, check_routes, live_routes
 from turing.tools.errors import ConflictError, InvalidInputError, NotFoundError
 
 logger = logging.getLogger(__name__)
+
+
+def _resolve_aliases(services: Services, routes: Any) -> Any:
+    """Routes whose version_id is an alias (deployment@alias) name the version it points to."""
+    if not isinstance(routes, list):
+        return routes  # check_routes names the problem
+    resolved = []
+    for entry in routes:
+        version = entry.get("version_id") if isinstance(entry, dict) else None
+        if isinstance(version, str) and aliases.is_reference(version):
+            entry = {**entry, "version_id": aliases.resolve_reference(services, version)}
+        resolved.append(entry)
+    return resolved
 
 
 def set_routes(
@@ -43,6 +56,7 @@ def set_routes(
         InvalidInputError: Routes breaking a rule; every problem is named in one message.
         ConflictError: A version newly receiving traffic lacks a passing gate verdict.
     """
+    routes = _resolve_aliases(services, routes)
     with versions.DEPLOY_LOCK:
         exists = services.registry.find("deployments", deployment) is not None
         if not exists:

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 import shutil
+import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,17 @@ from turing.tools.errors import InvalidInputError, NotFoundError
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILE = "adapter.gguf"
+MERGED_FILE = "model.gguf"
+EXPORT_FORMATS = ("adapter", "merged")
+ADAPTER_FORMAT = "gguf-lora-adapter"
+MERGED_FORMAT_PREFIX = "gguf-merged-"  # followed by the dtype: gguf-merged-f16, gguf-merged-q8_0
 TORCH_ADAPTER = "adapter"  # the PyTorch (peft) adapter the GGUF was exported from
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Deploys and route changes run in worker threads; one at a time keeps version ids and
 # revision numbers unique.
 DEPLOY_LOCK = threading.Lock()
+_EXPORT_LOCKS: dict[str, threading.Lock] = {}
+_EXPORT_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -46,18 +53,48 @@ class ModelTarget:
     shadows: tuple[str, ...] = ()  # versions this query is mirrored to, without answering
 
 
-def export_run(services: Services, run_id: str) -> dict[str, Any]:
+def export_run(
+    services: Services, run_id: str, format: str = "adapter", dtype: str = "f16"
+) -> dict[str, Any]:
     """Export a succeeded run's adapter to GGUF and register it as a model version (once).
 
-    The version id is the hash of the adapter's weights, so exporting the same weights again
-    returns the same version.
+    Versions are content-addressed: exporting the same adapter weights in the same format
+    (and dtype) again returns the same version.
+
+    Args:
+        services: The server's services.
+        run_id: A succeeded run.
+        format: "adapter" (a llama.cpp LoRA adapter served over the shared base GGUF) or
+            "merged" (one GGUF of the base with the adapter folded into its weights).
+        dtype: Weight type of a merged export: "f16" or "q8_0". An adapter GGUF is f32.
+
+    Raises:
+        InvalidInputError: An unknown format or dtype, or an adapter the export refuses.
+        ConflictError: The run has not succeeded.
     """
+    from turing.tools.deploy.merge import MERGED_DTYPES
     from turing.tools.finetune.runs import adapter_dir, get_run
 
+    if format not in EXPORT_FORMATS:
+        raise InvalidInputError(
+            f"format={format!r}: use 'adapter' (a LoRA GGUF served over the shared base model) "
+            "or 'merged' (one GGUF with the adapter folded into the base's weights)"
+        )
+    if format == "merged" and dtype not in MERGED_DTYPES:
+        raise InvalidInputError(
+            f"dtype={dtype!r}: a merged export is written in one of {', '.join(MERGED_DTYPES)}"
+        )
+    if format == "adapter" and dtype != "f16":
+        raise InvalidInputError(
+            f"dtype={dtype!r} applies to merged exports only; an adapter GGUF keeps its small "
+            "LoRA matrices in f32 (leave dtype out, or use format='merged')"
+        )
+    from turing.tools.deploy.lineage import write_model_card
+
     run = get_run(services, run_id)
-    source = adapter_dir(services, run_id)
-    with DEPLOY_LOCK:
-        return _register_version(services, run, source)
+    version = _register_version(services, run, adapter_dir(services, run_id), format, dtype)
+    write_model_card(services, version["id"])  # MODEL_CARD.md beside the artifact, kept current
+    return version
 
 
 def deploy(
@@ -126,13 +163,18 @@ def deploy(
 
 
 def find_version(services: Services, model: str) -> dict[str, Any]:
-    """The model version a run (exported now, once) or a version id names."""
+    """The model version a run (exported now, once), a version id or an alias names."""
+    from turing.tools.deploy import aliases
+
+    if aliases.is_reference(model):
+        model = aliases.resolve_reference(services, model)
     if model.startswith("mv-"):
         return services.registry.get("model_versions", model, "model version")
     if model.startswith("run-"):
         return export_run(services, model)
     raise InvalidInputError(
-        f"model {model!r}: give a succeeded run id (run-...) or a model version id (mv-...)"
+        f"model {model!r}: give a succeeded run id (run-...), a model version id (mv-...) or "
+        "an alias of a deployment's version (deployment@alias, e.g. 'triage@champion')"
     )
 
 
@@ -219,45 +261,106 @@ def write_revision(services: Services, deployment: str, routes: list[Route], rea
     else:
         writes.append(("update", "deployments", deployment, {"revision": revision}))
     services.registry.write_many(writes)
+    release_unrouted_engines(services)
     return revision
 
 
-def _register_version(services: Services, run: dict[str, Any], source: Path) -> dict[str, Any]:
-    """Export the adapter once; the version id is the hash of the adapter's weights."""
-    from turing.tools.deploy.gguf_export import export_lora_adapter
+def release_unrouted_engines(services: Services) -> None:
+    """Unload the engines that no deployment routes traffic to any more, freeing their memory.
 
-    weights = source / "adapter_model.safetensors"
-    version_id = "mv-" + _sha256(weights)[:12]
-    existing = services.registry.find("model_versions", version_id)
-    if existing is not None:
-        return existing
+    A version replaced by a deploy, a rollback or a route change stops holding memory at once
+    (after its running requests); queried again by id, it is loaded again.
+    """
+    if "engines" not in vars(services):
+        return  # no engine was ever loaded by this process
+    keep: set[tuple[Path, Path | None]] = set()
+    for row in services.registry.rows("deployments"):
+        for route in revision_routes(services, row["name"], row["revision"]):
+            if route.weight == 0 and not route.shadow:
+                continue
+            target = version_target(services, route.version_id)
+            if target.base_gguf:
+                adapter = Path(target.adapter_gguf) if target.adapter_gguf else None
+                keep.add((Path(target.base_gguf), adapter))
+    for base, adapter in services.engines.retain(keep):
+        logger.info("unloaded engine %s (adapter %s): no route serves it", base, adapter)
 
-    base = get_base_model(services, run["base_model"])
-    folder = services.workspace.folder("models", version_id)
-    out = folder / ADAPTER_FILE
-    export_lora_adapter(source, Path(base["gguf_path"]), out)
-    # The version keeps its own copy of the PyTorch adapter: the run's output can later be
-    # switched to another checkpoint (select_checkpoint), which must not change this version.
-    keep = folder / TORCH_ADAPTER
-    keep.mkdir(exist_ok=True)
-    for name in ("adapter_model.safetensors", "adapter_config.json"):
-        shutil.copy2(source / name, keep / name)
-    row = {
-        "id": version_id,
-        "run_id": run["id"],
-        "base_model": base["name"],
-        "format": "gguf-lora-adapter",
-        "gguf_path": str(out),
-        "sha256": _sha256(out),
-        "created_at": utc_now(),
-    }
-    services.registry.insert("model_versions", row)
-    logger.info("model version %s exported from run %s to %s", version_id, run["id"], out)
+
+def _register_version(
+    services: Services, run: dict[str, Any], source: Path, format: str, dtype: str
+) -> dict[str, Any]:
+    """Export the adapter once per format; the version id hashes the adapter's weights.
+
+    An adapter export's id is the weights' hash (as it always was); a merged export's id
+    hashes the weights' hash with its format, so each (weights, format, dtype) is one version.
+    """
+    weights_sha = _sha256(source / "adapter_model.safetensors")
+    kind = ADAPTER_FORMAT if format == "adapter" else f"{MERGED_FORMAT_PREFIX}{dtype}"
+    if format == "adapter":
+        version_id = "mv-" + weights_sha[:12]
+    else:
+        version_id = "mv-" + hashlib.sha256(f"{weights_sha}\0{kind}".encode()).hexdigest()[:12]
+
+    # One export per version at a time: a merge takes a while and much memory, and a second
+    # caller should get the first one's version rather than merge again.
+    with _export_lock(version_id):
+        existing = services.registry.find("model_versions", version_id)
+        if existing is not None:
+            return existing
+        base = get_base_model(services, run["base_model"])
+        folder = services.workspace.folder("models", version_id)
+        out = _write_gguf(Path(base["gguf_path"]), source, folder, format, dtype)
+        # The version keeps its own copy of the PyTorch adapter: the run's output can later be
+        # switched to another checkpoint (select_checkpoint), which must not change this version.
+        keep = folder / TORCH_ADAPTER
+        keep.mkdir(exist_ok=True)
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy2(source / name, keep / name)
+        row = {
+            "id": version_id,
+            "run_id": run["id"],
+            "base_model": base["name"],
+            "format": kind,
+            "gguf_path": str(out),
+            "sha256": _sha256(out),
+            "created_at": utc_now(),
+        }
+        try:
+            services.registry.insert("model_versions", row)
+        except sqlite3.IntegrityError:  # another server on this workspace registered it first
+            return services.registry.get("model_versions", version_id, "model version")
+    logger.info(
+        "model version %s (%s) exported from run %s to %s", version_id, kind, run["id"], out
+    )
     return row
 
 
+def _write_gguf(base_gguf: Path, source: Path, folder: Path, format: str, dtype: str) -> Path:
+    from turing.tools.deploy.gguf_export import export_lora_adapter
+    from turing.tools.deploy.merge import export_merged
+
+    if format == "adapter":
+        return export_lora_adapter(source, base_gguf, folder / ADAPTER_FILE)
+    return export_merged(base_gguf, source, folder / MERGED_FILE, dtype)
+
+
+def _export_lock(version_id: str) -> threading.Lock:
+    with _EXPORT_LOCKS_GUARD:
+        return _EXPORT_LOCKS.setdefault(version_id, threading.Lock())
+
+
 def resolve_model(services: Services, ref: str) -> ModelTarget:
-    """Find what a model reference names: a run id, a version id, a deployment or a base model."""
+    """Find what a model reference names: a run id, a version id, an alias, a deployment or a
+    base model.
+
+    An alias (`deployment@alias`) names one version, so it answers from that version alone:
+    no routing, no shadows, and its queries are not the deployment's traffic.
+    """
+    from turing.tools.deploy import aliases
+
+    if aliases.is_reference(ref):
+        version_id = aliases.resolve_reference(services, ref)
+        return dataclasses.replace(version_target(services, version_id), kind="alias", name=ref)
     if ref.startswith("run-"):
         run = services.registry.get("runs", ref, "run")
         base = get_base_model(services, run["base_model"])
@@ -275,8 +378,8 @@ def resolve_model(services: Services, ref: str) -> ModelTarget:
         base = get_base_model(services, ref)
         return ModelTarget("base", ref, base["name"], base["gguf_path"])
     raise NotFoundError(
-        f"no model {ref!r}: give a run id (run-...), a model version id (mv-...), "
-        "a deployment name, or a base model name"
+        f"no model {ref!r}: give a run id (run-...), a model version id (mv-...), a deployment "
+        "name, an alias of a deployment's version (deployment@alias), or a base model name"
     )
 
 
@@ -289,7 +392,8 @@ def route_query(
     """The target that serves one query: for a deployment, the route its weights choose.
 
     A routing key makes the choice sticky within the revision (see routing.choose_route); the
-    target names the revision's shadow versions, to which the query is mirrored.
+    target names the revision's shadow versions, to which the query is mirrored. An alias
+    (`deployment@alias`) is answered by the version it points to now, without routing.
     """
     deployment = services.registry.find("deployments", ref)
     if deployment is None:
@@ -340,23 +444,37 @@ def describe_deployments(services: Services) -> list[dict[str, Any]]:
 def version_target(
     services: Services, version_id: str, deployment: str | None = None, revision: int | None = None
 ) -> ModelTarget:
-    """A model version as something that answers: its GGUF, and its PyTorch adapter copy."""
+    """A model version as something that answers: its GGUF, and its PyTorch adapter copy.
+
+    A merged version is served from its own GGUF alone (base_gguf is the merged file, no
+    adapter GGUF). It has no PyTorch counterpart of that same file, so adapter_dir is None:
+    a PyTorch backend would apply the adapter a second time over the merged weights.
+    """
     version = services.registry.get("model_versions", version_id, "model version")
     base = get_base_model(services, version["base_model"])
-    kept = Path(version["gguf_path"]).parent / TORCH_ADAPTER
-    run = services.registry.find("runs", version["run_id"]) or {}
-    adapter_dir = str(kept) if kept.is_dir() else (run.get("result") or {}).get("adapter_dir")
+    if is_merged(version):
+        base_gguf, adapter_gguf, adapter_dir = version["gguf_path"], None, None
+    else:
+        kept = Path(version["gguf_path"]).parent / TORCH_ADAPTER
+        run = services.registry.find("runs", version["run_id"]) or {}
+        base_gguf, adapter_gguf = base["gguf_path"], version["gguf_path"]
+        adapter_dir = str(kept) if kept.is_dir() else (run.get("result") or {}).get("adapter_dir")
     return ModelTarget(
         kind="deployment" if deployment else "version",
         name=deployment or version_id,
         base_model=base["name"],
-        base_gguf=base["gguf_path"],
-        adapter_gguf=version["gguf_path"],
+        base_gguf=base_gguf,
+        adapter_gguf=adapter_gguf,
         adapter_dir=adapter_dir,
         version_id=version_id,
         deployment=deployment,
         revision=revision,
     )
+
+
+def is_merged(version: dict[str, Any]) -> bool:
+    """Whether a model version row is a merged GGUF (base and adapter in one file)."""
+    return str(version["format"]).startswith(MERGED_FORMAT_PREFIX)
 
 
 def check_deployment_name(name: str) -> None:

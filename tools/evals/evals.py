@@ -14,10 +14,12 @@ from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import jobs
 from turing.tools.datasets.jsonl import write_jsonl
+from turing.tools.deploy import aliases
 from turing.tools.deploy.versions import (
     ModelTarget,
     champion_version,
     export_run,
+    find_version,
     resolve_model,
     version_target,
 )
@@ -162,10 +164,11 @@ def _served_target(services: Services, model: str) -> ModelTarget:
     """What a gate judges: the model version that would be deployed (a run is exported)."""
     if model.startswith("run-"):
         return version_target(services, export_run(services, model)["id"])
-    if model.startswith("mv-"):
-        return version_target(services, model)
+    if model.startswith("mv-") or aliases.is_reference(model):
+        return version_target(services, find_version(services, model)["id"])
     raise InvalidInputError(
-        f"model {model!r}: a gate judges a run (exported now) or a model version (mv-...)"
+        f"model {model!r}: a gate judges a run (exported now), a model version (mv-...) or "
+        "an alias (deployment@alias)"
     )
 
 

@@ -2,7 +2,9 @@
 
 Two models scored on the same rows are compared row by row: McNemar's exact test for 0/1
 metrics, a sign-flip permutation test for other per-example scores, and a paired bootstrap for
-corpus metrics such as macro-F1. Everything is seeded, so a report can be reproduced.
+corpus metrics such as macro-F1. Groups of different rows (the routes of an A/B test) are
+compared unpaired: Mann-Whitney's U test for values, Fisher's exact test for rates, with Wilson
+and Newcombe intervals. Everything is seeded, so a report can be reproduced.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence, Sized
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,9 @@ EXACT_PERMUTATION_ROWS = 12
 EXACT_BINOMIAL_ROWS = 1000
 # Rows times resamples held in memory at once by the sign-flip test.
 _BATCH_CELLS = 4_000_000
+# Mann-Whitney's exact distribution is counted when the groups make at most this many pairs.
+EXACT_MANN_WHITNEY_CELLS = 10_000
+_NORMAL = NormalDist()
 
 
 def bootstrap_ci(
@@ -210,6 +216,216 @@ def interval(
         len(records), lambda rows: _aggregate_rows(aggregate, records, rows), **kw
     )
     return [low, high]
+
+
+# --- unpaired tests: two groups of different rows (e.g. the routes of an A/B test) ---------
+
+
+def mann_whitney(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """The Mann-Whitney U test of whether values of group a tend to be larger or smaller than b's.
+
+    Unpaired and free of any assumed distribution, so it suits skewed values such as latencies.
+    Without ties and with at most EXACT_MANN_WHITNEY_CELLS pairs, the two-sided p-value comes
+    from the exact distribution of U; otherwise from the normal approximation with the tie
+    correction and a continuity correction.
+
+    Args:
+        a: The values of group a (at least one).
+        b: The values of group b (at least one).
+
+    Returns:
+        {"u": U of group a (pairs where a's value is larger, ties counting one half),
+        "p_value": float, "method": "exact" or "normal"}.
+
+    Raises:
+        ValueError: A group is empty or holds a value that is not finite.
+    """
+    first, second = _finite(a, "a"), _finite(b, "b")
+    n1, n2 = len(first), len(second)
+    ranks = _ranks(np.concatenate([first, second]))
+    u = float(ranks[:n1].sum() - n1 * (n1 + 1) / 2)
+
+    _, tie_counts = np.unique(np.concatenate([first, second]), return_counts=True)
+    if np.all(tie_counts == 1) and n1 * n2 <= EXACT_MANN_WHITNEY_CELLS:
+        counts = _u_counts(n1, n2)
+        total = sum(counts)
+        low = sum(counts[: int(u) + 1])
+        high = sum(counts[int(u) :])
+        return {"u": u, "p_value": min(1.0, 2 * min(low, high) / total), "method": "exact"}
+
+    n = n1 + n2
+    ties = float(np.sum(tie_counts.astype(float) ** 3 - tie_counts))
+    variance = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    if variance <= 0:
+        return {"u": u, "p_value": 1.0, "method": "normal"}
+    z = max(0.0, abs(u - n1 * n2 / 2) - 0.5) / math.sqrt(variance)
+    return {"u": u, "p_value": min(1.0, 2 * _NORMAL.cdf(-z)), "method": "normal"}
+
+
+def fisher_exact(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """The two-sided p-value of Fisher's exact test of whether two proportions differ.
+
+    The table is (hits, misses) of a over those of b; with the margins fixed, the p-value sums
+    the hypergeometric probabilities of every table no more likely than the observed one.
+
+    Args:
+        hits_a: Rows of group a with the outcome (e.g. errors).
+        n_a: Rows of group a.
+        hits_b: Rows of group b with the outcome.
+        n_b: Rows of group b.
+
+    Raises:
+        ValueError: A count is negative or hits exceed their rows.
+    """
+    _check_counts(hits_a, n_a, "a")
+    _check_counts(hits_b, n_b, "b")
+    hits, total = hits_a + hits_b, n_a + n_b
+    if n_a == 0 or n_b == 0 or hits in (0, total):
+        return 1.0
+    support = np.arange(max(0, hits - n_b), min(hits, n_a) + 1)
+    log_p = _log_comb(n_a, support) + _log_comb(n_b, hits - support) - _log_comb(total, hits)
+    observed = log_p[hits_a - support[0]]
+    # Tables as likely as the observed one, up to rounding, count as extreme.
+    extreme = log_p <= observed + 1e-7
+    return min(1.0, float(np.exp(log_p[extreme]).sum()))
+
+
+def wilson_interval(hits: int, n: int, confidence: float = 0.95) -> list[float]:
+    """The Wilson score interval [low, high] of a proportion hits / n.
+
+    Unlike the plain normal interval it stays inside [0, 1] and is not empty at 0 or n hits.
+    With no rows the interval is [0.0, 1.0].
+
+    Raises:
+        ValueError: A count is negative, hits exceed n, or confidence is not between 0 and 1.
+    """
+    _check_confidence(confidence)
+    _check_counts(hits, n, "hits")
+    if n == 0:
+        return [0.0, 1.0]
+    z = _NORMAL.inv_cdf((1 + confidence) / 2)
+    share = hits / n
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    # At 0 or n hits the bound is exactly 0 or 1; the formula leaves a rounding residue.
+    low = 0.0 if hits == 0 else max(0.0, centre - half)
+    high = 1.0 if hits == n else min(1.0, centre + half)
+    return [low, high]
+
+
+def proportion_difference_interval(
+    hits_a: int, n_a: int, hits_b: int, n_b: int, confidence: float = 0.95
+) -> list[float]:
+    """Newcombe's interval [low, high] of the difference of two proportions, a - b.
+
+    Built from each proportion's Wilson interval (Newcombe's method 10), so it behaves at rates
+    near 0 or 1 where the plain normal interval of a difference does not.
+
+    Raises:
+        ValueError: A group has no rows, a count is out of range, or confidence is bad.
+    """
+    if n_a == 0 or n_b == 0:
+        raise ValueError(f"n_a={n_a}, n_b={n_b}: each group needs at least one row")
+    low_a, high_a = wilson_interval(hits_a, n_a, confidence)
+    low_b, high_b = wilson_interval(hits_b, n_b, confidence)
+    share_a, share_b = hits_a / n_a, hits_b / n_b
+    difference = share_a - share_b
+    below = math.hypot(share_a - low_a, high_b - share_b)
+    above = math.hypot(high_a - share_a, share_b - low_b)
+    return [max(-1.0, difference - below), min(1.0, difference + above)]
+
+
+def unpaired_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: Callable[[np.ndarray], float] = np.mean,
+    *,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[float]:
+    """A percentile bootstrap interval [low, high] of statistic(a) - statistic(b).
+
+    Each group is resampled on its own (the groups hold different rows).
+
+    Raises:
+        ValueError: A group is empty or holds a value that is not finite, or a setting is out
+            of range.
+    """
+    _check_confidence(confidence)
+    first, second = _finite(a, "a"), _finite(b, "b")
+    if resamples < 1:
+        raise ValueError(f"resamples={resamples}: must be at least 1")
+    rng = np.random.default_rng(seed)
+    draws = np.array(
+        [
+            float(statistic(first[rng.integers(0, len(first), len(first))]))
+            - float(statistic(second[rng.integers(0, len(second), len(second))]))
+            for _ in range(resamples)
+        ]
+    )
+    low, high = _percentiles(draws, confidence)
+    return [low, high]
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together (each capped at 1, same order)."""
+    order = np.argsort(p_values, kind="stable")
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for step, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - step) * float(p_values[index])))
+        adjusted[index] = running
+    return adjusted
+
+
+def _finite(values: Sequence[float], name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError(f"group {name} is empty: an unpaired test needs at least one value each")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"group {name} holds a value that is not finite (NaN or infinity)")
+    return array
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, tied values sharing the mean of their ranks."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    ranks = np.empty(len(values))
+    start = 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or ordered[end] != ordered[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2
+            start = end
+    return ranks
+
+
+def _u_counts(n1: int, n2: int) -> list[int]:
+    """How many orderings of n1 + n2 distinct values give each U = 0 .. n1 * n2.
+
+    The coefficients of the Gaussian binomial [n1 + n2 choose n1] in q, built as the product of
+    (1 - q^(n2 + i)) / (1 - q^i) for i = 1 .. n1 with exact integers.
+    """
+    size = n1 * n2 + 1
+    counts = [1] + [0] * (size - 1)
+    for i in range(1, n1 + 1):
+        for power in range(size - 1, n2 + i - 1, -1):  # times (1 - q^(n2 + i))
+            counts[power] -= counts[power - n2 - i]
+        for power in range(i, size):  # divided by (1 - q^i)
+            counts[power] += counts[power - i]
+    return counts
+
+
+def _check_counts(hits: int, n: int, name: str) -> None:
+    if n < 0 or not 0 <= hits <= n:
+        raise ValueError(f"{name}: hits={hits} of n={n}; need 0 <= hits <= n")
+
+
+def _log_comb(n: int, k: Any) -> np.ndarray:
+    log_gamma = np.vectorize(math.lgamma)
+    k = np.asarray(k, dtype=float)
+    return math.lgamma(n + 1) - log_gamma(k + 1) - log_gamma(n - k + 1)
 
 
 # --- helpers -----------------------------------------------------------------------------

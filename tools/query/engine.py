@@ -1,6 +1,8 @@
 """Serve chat completions from a GGUF base model, optionally with a LoRA adapter, via llama.cpp.
 
 Prompts are rendered with the same chat template training uses; nothing here writes to stdout.
+Engines stream their answers, serve one generation at a time behind a bounded line of waiting
+callers, and live in a pool that keeps them within a memory budget.
 """
 
 from __future__ import annotations
@@ -9,21 +11,33 @@ import codecs
 import ctypes
 import logging
 import os
+import struct
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from turing.tools.chat import ChatTemplateError, Message, read_chat_template
-from turing.tools.errors import ConflictError, InvalidInputError
+from turing.tools.errors import BusyError, ConflictError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger(__name__ + ".llama_cpp")
+
+QUEUE_ENV = "TURING_ENGINE_QUEUE"
+QUEUE_WAIT_ENV = "TURING_ENGINE_WAIT_S"
+MEMORY_ENV = "TURING_ENGINE_MEMORY_MB"
+DEFAULT_QUEUE_LIMIT = 64
+DEFAULT_WAIT_SECONDS = 120.0
+DEFAULT_MEMORY_SHARE = 0.25  # of physical memory, when TURING_ENGINE_MEMORY_MB is not set
+COMPUTE_ALLOWANCE_MB = 16.0  # llama.cpp's compute and output buffers, beyond weights and KV
+MB = 1024 * 1024
 
 # ggml log levels: none, debug, info, warn, error (5 continues the previous message). Load-time
 # info is a page of model metadata per engine, so it goes to debug.
@@ -47,15 +61,134 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int  # every sampled token, the end-of-turn token included
-    latency_ms: float
+    latency_ms: float  # from the call, so a wait for a busy engine counts
     time_to_first_token_ms: float
-    finish_reason: str  # "stop": end of turn or a stop string; "length": max_tokens or context
+    finish_reason: str  # "stop": end of turn or a stop string; "length": max_tokens or context;
+    # "cancelled": the stream was closed before its end
+
+
+class _Slot:
+    """Admission to an engine: one holder at a time, a bounded FIFO of waiters, a wait limit.
+
+    Not a lock owned by a thread: a stream may take the slot on one thread and release it on
+    another (e.g. an HTTP server iterating a stream from a worker pool).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        queue_limit: int,
+        wait_seconds: float,
+        when_retired_and_idle: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.queue_limit = queue_limit
+        self.wait_seconds = wait_seconds
+        self.busy = False
+        self._queue: deque[object] = deque()
+        self._cond = threading.Condition()
+        self._refusal: str | None = None  # set once the engine is retiring or closed
+        self._drop_waiters = False
+        self._when_retired_and_idle = when_retired_and_idle
+        self._idle_reported = False
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def refusing(self) -> bool:
+        return self._refusal is not None
+
+    def acquire(self) -> None:
+        """Take the slot, waiting in line while another caller holds it.
+
+        Raises:
+            BusyError: The line is full, or the wait ran past `wait_seconds`.
+            ConflictError: The engine was closed or unloaded.
+        """
+        try:
+            self._admit()
+        except BaseException:
+            self._report_if_idle()  # the last caller leaving the line of a retired engine
+            raise
+
+    def _admit(self) -> None:
+        with self._cond:
+            self._check_open()
+            if not self.busy and not self._queue:
+                self.busy = True
+                return
+            if len(self._queue) >= self.queue_limit:
+                raise BusyError(
+                    f"engine {self.name} is busy: 1 request running and {len(self._queue)} "
+                    f"waiting, at most {self.queue_limit} may wait ({QUEUE_ENV}); retry shortly"
+                )
+            self._wait_in_line(object())
+
+    def _wait_in_line(self, ticket: object) -> None:
+        self._queue.append(ticket)
+        deadline = time.monotonic() + self.wait_seconds
+        try:
+            while True:
+                if self._drop_waiters:
+                    self._check_open()  # even when the slot just came free: closing wins
+                if not self.busy and self._queue[0] is ticket:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BusyError(
+                        f"engine {self.name} stayed busy for {self.wait_seconds:g} s "
+                        f"({QUEUE_WAIT_ENV}): 1 request running and {len(self._queue) - 1} "
+                        "others waiting; retry shortly"
+                    )
+                self._cond.wait(remaining)
+        except BaseException:
+            self._queue.remove(ticket)
+            self._cond.notify_all()
+            raise
+        self._queue.popleft()
+        self.busy = True
+
+    def release(self) -> None:
+        """Give the slot back to the next caller in line."""
+        with self._cond:
+            self.busy = False
+            self._cond.notify_all()
+        self._report_if_idle()
+
+    def refuse(self, reason: str, drop_waiters: bool) -> None:
+        """Refuse new callers with `reason`; once nobody holds or waits, report the engine idle.
+
+        Args:
+            reason: The ConflictError message new (and, with drop_waiters, queued) callers get.
+            drop_waiters: Also turn away callers already waiting instead of serving them.
+        """
+        with self._cond:
+            self._refusal = reason
+            self._drop_waiters = self._drop_waiters or drop_waiters
+            self._cond.notify_all()
+        self._report_if_idle()
+
+    def _report_if_idle(self) -> None:
+        """Call `when_retired_and_idle` once, the first time a refusing slot is left empty."""
+        with self._cond:
+            idle = self._refusal is not None and not self.busy and not self._queue
+            report = idle and not self._idle_reported
+            self._idle_reported = self._idle_reported or idle
+        if report:
+            self._when_retired_and_idle()
+
+    def _check_open(self) -> None:
+        if self._refusal is not None:
+            raise ConflictError(self._refusal)
 
 
 class Engine:
     """A loaded llama.cpp model (base GGUF plus optional LoRA adapter GGUF) that answers chats.
 
-    One engine runs one generation at a time; concurrent callers wait on its lock.
+    A llama.cpp context is not thread-safe, so one engine runs one generation at a time: other
+    callers wait in a bounded line and are turned away with BusyError past it.
     """
 
     def __init__(
@@ -64,6 +197,8 @@ class Engine:
         adapter_gguf: Path | None = None,
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        queue_limit: int | None = None,
+        wait_seconds: float | None = None,
     ) -> None:
         """Load the base model and adapter.
 
@@ -72,21 +207,61 @@ class Engine:
             adapter_gguf: A llama.cpp LoRA adapter GGUF exported for this base, or None.
             n_ctx: Context window in tokens (prompt plus answer).
             n_threads: CPU threads for llama.cpp; defaults to every core this process may use.
+            queue_limit: Most callers that may wait while one generates; TURING_ENGINE_QUEUE
+                (default 64) when None.
+            wait_seconds: Longest a caller waits in line before BusyError; TURING_ENGINE_WAIT_S
+                (default 120) when None.
 
         Raises:
-            InvalidInputError: A file is missing or llama.cpp cannot load it.
+            InvalidInputError: A file is missing, a limit is invalid or llama.cpp cannot load it.
         """
         self.base_gguf = Path(base_gguf)
         self.adapter_gguf = Path(adapter_gguf) if adapter_gguf else None
         self.n_ctx = n_ctx
         self._check_files()
+        self._slot = _Slot(
+            self.describe(),
+            queue_limit if queue_limit is not None else queue_limit_setting(),
+            wait_seconds if wait_seconds is not None else wait_seconds_setting(),
+            when_retired_and_idle=self._free,
+        )
+        _check_limits(self._slot.queue_limit, self._slot.wait_seconds)
         self.template = read_chat_template(self.base_gguf)
 
         self._llm = self._load(n_threads or len(os.sched_getaffinity(0)))
         self._add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
-        self._lock = threading.Lock()
+        self._life = threading.Lock()  # guards freeing the model against tokenizing
+        self._freed = threading.Event()
         self._stop_ids = self._end_token_ids()
-        logger.info("loaded engine base=%s adapter=%s", self.base_gguf, self.adapter_gguf)
+        self.requests = 0
+        self.tokens_out = 0
+        logger.info("loaded engine %s", self.describe())
+
+    def describe(self) -> str:
+        """Name the engine by its files, for logs and errors."""
+        if self.adapter_gguf is None:
+            return str(self.base_gguf)
+        return f"{self.base_gguf} with adapter {self.adapter_gguf}"
+
+    @property
+    def busy(self) -> bool:
+        """True while a generation (or scoring call) holds the engine."""
+        return self._slot.busy
+
+    @property
+    def waiting(self) -> int:
+        """How many callers wait in line for the engine."""
+        return self._slot.waiting
+
+    @property
+    def closed(self) -> bool:
+        """True once the model's memory has been freed."""
+        return self._freed.is_set()
+
+    @property
+    def retired(self) -> bool:
+        """True once `close` or `retire` was called: new requests are refused from then on."""
+        return self._slot.refusing
 
     def _check_files(self) -> None:
         if self.n_ctx < 16:
@@ -146,17 +321,19 @@ class Engine:
     def tokenize(self, text: str) -> list[int]:
         """Tokenize prompt text as served: special tokens parsed, BOS per the GGUF, never twice.
 
+        Tokenizing reads only the vocabulary, so it does not wait for a running generation.
+
         Args:
             text: Rendered prompt text.
 
         Returns:
             llama.cpp token ids.
         """
-        with self._lock:
+        with self._life:
             llm = self._require_open()
             # add_bos=True adds BOS only when the GGUF's tokenizer.ggml.add_bos_token says so.
             tokens: list[int] = llm.tokenize(text.encode(), add_bos=True, special=True)
-        bos = llm.token_bos()
+            bos = llm.token_bos()
         if self._add_bos and len(tokens) > 1 and tokens[0] == tokens[1] == bos:
             tokens = tokens[1:]  # the template wrote BOS itself
         return tokens
@@ -171,6 +348,56 @@ class Engine:
             return self.template.render(messages, add_generation_prompt=True)
         except ChatTemplateError as exc:
             raise InvalidInputError(str(exc)) from exc
+
+    def stream(
+        self,
+        messages: list[Message],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> CompletionStream:
+        """Start generating the assistant's next turn; iterate the result for text deltas.
+
+        Everything that can refuse the request happens here, before any token: the sampling
+        values, the prompt length and the engine's slot (waiting in line if it is busy). The
+        returned stream holds the slot until it ends or is closed, so close it (or use it as a
+        context manager) when not reading it to the end.
+
+        Args:
+            messages: Chat messages ({"role", "content"}), ending with the user's turn.
+            max_tokens: Most tokens to generate; fewer when the context window runs out.
+            temperature: 0 for greedy decoding; higher samples more freely.
+            top_p: Nucleus sampling mass when temperature > 0, in (0, 1].
+            stop: Extra strings that end the answer; they are not included in it.
+
+        Returns:
+            A CompletionStream yielding text deltas; `.completion` holds the totals at its end.
+
+        Raises:
+            InvalidInputError: Bad sampling values, or the prompt does not fit the context.
+            BusyError: Too many callers already wait for this engine, or the wait timed out.
+            ConflictError: The engine was closed or unloaded.
+        """
+        started = time.perf_counter()
+        _check_sampling(max_tokens, temperature, top_p)
+        stop = _check_stop(stop)
+        prompt = self.tokenize(self.render(messages))
+        if len(prompt) > self.n_ctx - 1:
+            raise InvalidInputError(
+                f"prompt is {len(prompt)} tokens but the context window is {self.n_ctx} tokens "
+                f"(at most {self.n_ctx - 1} prompt tokens); shorten the conversation"
+            )
+        budget = min(max_tokens, self.n_ctx - len(prompt))
+
+        self._acquire()
+        try:
+            tokens = self._sample(prompt, temperature, top_p)
+        except BaseException:
+            self._release()
+            raise
+        self.requests += 1
+        return CompletionStream(self, tokens, len(prompt), budget, stop, started)
 
     def complete(
         self,
@@ -194,49 +421,12 @@ class Engine:
 
         Raises:
             InvalidInputError: Bad sampling values, or the prompt does not fit the context.
+            BusyError: Too many callers already wait for this engine, or the wait timed out.
         """
-        _check_sampling(max_tokens, temperature, top_p)
-        prompt = self.tokenize(self.render(messages))
-        if len(prompt) > self.n_ctx - 1:
-            raise InvalidInputError(
-                f"prompt is {len(prompt)} tokens but the context window is {self.n_ctx} tokens "
-                f"(at most {self.n_ctx - 1} prompt tokens); shorten the conversation"
-            )
-        budget = min(max_tokens, self.n_ctx - len(prompt))
-
-        with self._lock:
-            return self._generate(prompt, budget, temperature, top_p, stop or [])
-
-    def _generate(
-        self, prompt: list[int], budget: int, temperature: float, top_p: float, stop: list[str]
-    ) -> Completion:
-        started = time.perf_counter()
-        first_token_at: float | None = None
-        text = _StopText(stop)
-        count = 0
-        finish_reason = "length"
-
-        for token in self._sample(prompt, temperature, top_p):
-            first_token_at = first_token_at or time.perf_counter()
-            count += 1
-            if token in self._stop_ids:
-                finish_reason = "stop"
-                break
-            if text.add(self._llm.detokenize([token])):
-                finish_reason = "stop"
-                break
-            if count >= budget:
-                break
-
-        done = time.perf_counter()
-        return Completion(
-            text=text.finish(),
-            prompt_tokens=len(prompt),
-            completion_tokens=count,
-            latency_ms=(done - started) * 1000,
-            time_to_first_token_ms=((first_token_at or done) - started) * 1000,
-            finish_reason=finish_reason,
-        )
+        with self.stream(messages, max_tokens, temperature, top_p, stop) as stream:
+            for _ in stream:
+                pass
+            return stream.completion
 
     def _sample(self, prompt: list[int], temperature: float, top_p: float) -> Iterator[int]:
         llm = self._require_open()
@@ -254,6 +444,13 @@ class Engine:
             )
         )
 
+    def _piece(self, token: int) -> bytes | None:
+        """The bytes of a sampled token, or None when the token ends the turn."""
+        if token in self._stop_ids:
+            return None
+        piece: bytes = self._llm.detokenize([token])  # control tokens detokenize to b""
+        return piece
+
     def next_token_logits(self, tokens: list[int]) -> np.ndarray:
         """Return the model's logits for the token after `tokens` (for parity checks and scoring).
 
@@ -267,8 +464,7 @@ class Engine:
 
         if not 0 < len(tokens) <= self.n_ctx:
             raise InvalidInputError(f"{len(tokens)} tokens: give 1 to {self.n_ctx} tokens")
-        with self._lock:
-            llm = self._require_open()
+        with self._holding() as llm:
             llm.reset()
             llm.eval(tokens)
             logits = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -287,8 +483,7 @@ class Engine:
         import llama_cpp
 
         total, count = 0.0, 0
-        with self._lock:
-            llm = self._require_open()
+        with self._holding() as llm:
             llm.reset()
             for index, (prompt, answer) in enumerate(pieces):
                 prompt_ids = llm.tokenize(prompt.encode(), add_bos=index == 0, special=True)
@@ -310,43 +505,229 @@ class Engine:
                     llm.eval([token])
         return total, count
 
-    def close(self) -> None:
-        """Free the model and context; later calls raise ConflictError."""
-        with self._lock:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
-                logger.info("closed engine base=%s adapter=%s", self.base_gguf, self.adapter_gguf)
+    def close(self, timeout: float | None = None) -> bool:
+        """Free the model and context once the running generation ends; later calls raise.
+
+        Callers waiting in line are turned away with ConflictError.
+
+        Args:
+            timeout: Most seconds to wait for the running generation; None waits for it. On
+                timeout the engine still frees itself when that generation ends.
+
+        Returns:
+            True when the memory has been freed.
+        """
+        self._slot.refuse(self._closed_reason(), drop_waiters=True)
+        return self._freed.wait(timeout)
+
+    def retire(self) -> bool:
+        """Refuse new requests and free the model once the running and waiting ones are served.
+
+        Returns:
+            True when the engine was idle and its memory is freed already.
+        """
+        self._slot.refuse(self._closed_reason(), drop_waiters=False)
+        return self.closed
+
+    def _acquire(self) -> None:
+        self._slot.acquire()
+        if self._llm is None:  # freed by a close that raced this caller's admission
+            self._slot.release()
+            raise ConflictError(self._closed_reason())
+
+    def _release(self) -> None:
+        self._slot.release()  # frees the model when a retired engine's last request ends
+
+    @contextmanager
+    def _holding(self) -> Iterator[Any]:
+        """Hold the engine's slot for a call that uses the llama.cpp context directly."""
+        self._acquire()
+        try:
+            yield self._llm
+        finally:
+            self._release()
+
+    def _free(self) -> None:
+        with self._life:
+            if self._llm is None:
+                return
+            self._llm.close()
+            self._llm = None
+        self._freed.set()
+        logger.info("closed engine %s", self.describe())
+
+    def _closed_reason(self) -> str:
+        return f"engine for {self.describe()} was closed; get a fresh one from the engine pool"
 
     def _require_open(self) -> Any:
         if self._llm is None:
-            raise ConflictError(
-                f"engine for {self.base_gguf} (adapter {self.adapter_gguf}) was closed; get a "
-                "fresh one from the engine pool"
-            )
+            raise ConflictError(self._closed_reason())
         return self._llm
 
 
+class CompletionStream:
+    """The text of one answer as it is generated; iterating yields str deltas.
+
+    Deltas never contain template tokens, nor text that could still turn out to be the start
+    of a stop string; joined, they equal `completion.text`. The stream holds its engine until
+    it ends, is closed, leaves its `with` block or is garbage-collected.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        tokens: Iterator[int],
+        prompt_tokens: int,
+        budget: int,
+        stop: list[str],
+        started: float,
+    ) -> None:
+        self._engine: Engine | None = engine
+        self._tokens = tokens
+        self._prompt_tokens = prompt_tokens
+        self._budget = budget
+        self._text = _StopText(stop)
+        self._started = started
+        self._first_token_at: float | None = None
+        self._count = 0
+        self._completion: Completion | None = None
+
+    @property
+    def completion(self) -> Completion:
+        """The whole answer with its token counts and timings, once the stream has ended.
+
+        Raises:
+            ConflictError: The stream is still running; read it to the end or close it first.
+        """
+        if self._completion is None:
+            raise ConflictError("the answer is still streaming: read it to the end or close it")
+        return self._completion
+
+    def __iter__(self) -> CompletionStream:
+        return self
+
+    def __next__(self) -> str:
+        while self._completion is None:
+            reason = self._step()
+            if reason is not None:
+                tail = self._text.finish()
+                self._finish(reason)
+                if tail:
+                    return tail
+                break
+            delta = self._text.take()
+            if delta:
+                return delta
+        raise StopIteration
+
+    def _step(self) -> str | None:
+        """Sample one token; return the finish reason when the answer has ended."""
+        try:
+            token = next(self._tokens)
+        except StopIteration:
+            return "length"
+        except BaseException:
+            self._finish("error")
+            raise
+        self._first_token_at = self._first_token_at or time.perf_counter()
+        self._count += 1
+
+        piece = self._engine._piece(token) if self._engine else None
+        if piece is None or self._text.add(piece):
+            return "stop"
+        if self._count >= self._budget:
+            return "length"
+        return None
+
+    def close(self) -> None:
+        """End the answer early (finish_reason "cancelled") and release the engine."""
+        if self._completion is None:
+            self._finish("cancelled")
+
+    def _finish(self, reason: str) -> None:
+        done = time.perf_counter()
+        self._completion = Completion(
+            text=self._text.text() if reason != "cancelled" else self._text.sent(),
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._count,
+            latency_ms=(done - self._started) * 1000,
+            time_to_first_token_ms=((self._first_token_at or done) - self._started) * 1000,
+            finish_reason=reason,
+        )
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            close_generator = getattr(self._tokens, "close", None)
+            if close_generator is not None:
+                close_generator()  # leaves llama-cpp-python's generate() before the next call
+            engine.tokens_out += self._count
+            engine._release()
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An abandoned stream must not keep its engine from other callers.
+        if getattr(self, "_completion", True) is None:
+            self.close()
+
+
 class _StopText:
-    """Accumulates decoded answer bytes and cuts the text at the first stop string."""
+    """Decodes answer bytes, cuts the text at the first stop string and hands out safe deltas.
+
+    A delta never ends inside a possible stop string: text that could be the start of one is
+    held back until the next token settles it.
+    """
 
     def __init__(self, stop: list[str]) -> None:
         self._stop = [s for s in stop if s]
+        self._hold = max((len(s) for s in self._stop), default=1) - 1
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._text = ""
+        self._sent = 0
+        self._stopped = False
 
     def add(self, piece: bytes) -> bool:
         """Append a token's bytes; return True when a stop string has appeared."""
+        before = len(self._text)
         self._text += self._decoder.decode(piece)
-        for marker in self._stop:
-            at = self._text.find(marker)
-            if at >= 0:
-                self._text = self._text[:at]
-                return True
-        return False
+        # A stop string not found before must end in the new text.
+        start = max(0, before - self._hold)
+        found = [at for at in (self._text.find(s, start) for s in self._stop) if at >= 0]
+        if found:
+            self._text = self._text[: min(found)]
+            self._stopped = True
+        return self._stopped
+
+    def take(self) -> str:
+        """Return the text not handed out yet that no stop string can still claim."""
+        end = len(self._text)
+        for size in range(min(self._hold, end - self._sent), 0, -1):
+            tail = self._text[end - size :]
+            if any(s.startswith(tail) for s in self._stop):
+                end -= size
+                break
+        delta = self._text[self._sent : end]
+        self._sent = end
+        return delta
 
     def finish(self) -> str:
-        return self._text + self._decoder.decode(b"", final=True)
+        """Flush the decoder and return everything not handed out yet."""
+        if not self._stopped:
+            self._text += self._decoder.decode(b"", final=True)
+        delta = self._text[self._sent :]
+        self._sent = len(self._text)
+        return delta
+
+    def text(self) -> str:
+        """The answer so far (all of it once finished)."""
+        return self._text
+
+    def sent(self) -> str:
+        """The text handed out so far."""
+        return self._text[: self._sent]
 
 
 def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
@@ -359,6 +740,21 @@ def _check_sampling(max_tokens: int, temperature: float, top_p: float) -> None:
         problems.append(f"top_p={top_p} must be in (0, 1]")
     if problems:
         raise InvalidInputError("; ".join(problems))
+
+
+def _check_stop(stop: list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+        raise InvalidInputError(f"stop={stop!r}: give a list of strings")
+    return [s for s in stop if s]
+
+
+def _check_limits(queue_limit: int, wait_seconds: float) -> None:
+    if queue_limit < 0:
+        raise InvalidInputError(f"queue_limit={queue_limit}: must be 0 (no waiting) or more")
+    if not wait_seconds > 0:
+        raise InvalidInputError(f"wait_seconds={wait_seconds}: must be positive")
 
 
 def _route_native_logs(llama_cpp: Any) -> None:
@@ -383,47 +779,370 @@ def _route_native_logs(llama_cpp: Any) -> None:
         _native_log_state["callback"] = forward  # ctypes callbacks must outlive their use
 
 
-class EnginePool:
-    """Loaded engines keyed by (base, adapter); the least recently used is closed past the cap."""
+# --- settings ------------------------------------------------------------------------------
 
-    def __init__(self, max_engines: int = 2) -> None:
-        """Create an empty pool holding at most `max_engines` loaded engines."""
-        if max_engines < 1:
-            raise InvalidInputError(f"max_engines={max_engines}: must be at least 1")
+
+def queue_limit_setting() -> int:
+    """How many callers may wait for a busy engine: TURING_ENGINE_QUEUE, default 64."""
+    return int(_setting(QUEUE_ENV, DEFAULT_QUEUE_LIMIT, integer=True, minimum=0))
+
+
+def wait_seconds_setting() -> float:
+    """How long a caller waits for a busy engine: TURING_ENGINE_WAIT_S, default 120 seconds."""
+    return _setting(QUEUE_WAIT_ENV, DEFAULT_WAIT_SECONDS, integer=False, minimum=0.001)
+
+
+def memory_budget_setting() -> float:
+    """Megabytes the engine pool may hold: TURING_ENGINE_MEMORY_MB, default a quarter of RAM."""
+    default = physical_memory_mb() * DEFAULT_MEMORY_SHARE
+    return _setting(MEMORY_ENV, default, integer=False, minimum=1.0)
+
+
+def _setting(name: str, default: float, integer: bool, minimum: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not value >= minimum:
+        kind = "a whole number" if integer else "a number"
+        raise InvalidInputError(f"{name}={raw!r}: must be {kind} of at least {minimum:g}")
+    return value
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def process_rss_mb() -> float:
+    """This process's resident memory in megabytes (VmRSS, read from /proc/self/statm)."""
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / MB
+
+
+def physical_memory_mb() -> float:
+    """The machine's physical memory in megabytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+
+
+def estimate_engine_mb(base_gguf: Path, adapter_gguf: Path | None, n_ctx: int) -> float:
+    """Estimate an engine's memory before loading it: its GGUF files plus its KV cache.
+
+    The KV cache holds an f16 key and value vector per layer, KV head and context position;
+    a fixed allowance covers llama.cpp's compute buffers.
+
+    Raises:
+        InvalidInputError: The base file is not a GGUF whose header can be read.
+    """
+    files = Path(base_gguf).stat().st_size + (
+        Path(adapter_gguf).stat().st_size if adapter_gguf else 0
+    )
+    meta = read_gguf_numbers(Path(base_gguf))
+    arch = meta.get("general.architecture")
+    layers = meta.get(f"{arch}.block_count")
+    width = meta.get(f"{arch}.embedding_length")
+    heads = meta.get(f"{arch}.attention.head_count")
+    kv_bytes = 0.0
+    if isinstance(layers, int) and isinstance(width, int) and isinstance(heads, int) and heads:
+        kv_heads = meta.get(f"{arch}.attention.head_count_kv", heads)
+        key = meta.get(f"{arch}.attention.key_length", width // heads)
+        value = meta.get(f"{arch}.attention.value_length", width // heads)
+        kv_bytes = 2.0 * layers * n_ctx * int(kv_heads) * (int(key) + int(value))
+    else:
+        logger.warning("no layer shape in %s; its KV cache is left out of the estimate", base_gguf)
+    return (files + kv_bytes) / MB + COMPUTE_ALLOWANCE_MB
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q"}
+_GGUF_SCALARS |= {11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def read_gguf_numbers(path: Path) -> dict[str, int | float | str]:
+    """Read a GGUF header's scalar metadata (numbers and strings), skipping arrays unread.
+
+    Much faster than parsing the whole header: a vocabulary array is skipped, not decoded.
+
+    Raises:
+        InvalidInputError: The file is not a little-endian GGUF of version 2 or later.
+    """
+    not_gguf = f"{path} is not a GGUF file (little-endian, version 2 or later) llama.cpp reads"
+    try:
+        with open(path, "rb") as handle:
+            magic, version, _tensors, count = struct.unpack("<4sIQQ", handle.read(24))
+            if magic != b"GGUF" or not 2 <= version < 1000:
+                raise InvalidInputError(not_gguf)
+            return _read_gguf_fields(handle, count)
+    except (struct.error, KeyError, OverflowError) as exc:
+        raise InvalidInputError(f"{not_gguf}: its header is cut short or unknown ({exc})") from exc
+
+
+def _read_gguf_fields(handle: Any, count: int) -> dict[str, int | float | str]:
+    found: dict[str, int | float | str] = {}
+    for _ in range(count):
+        key = _read_gguf_string(handle)
+        (kind,) = struct.unpack("<I", handle.read(4))
+        if kind == _GGUF_ARRAY:
+            _skip_gguf_array(handle)
+        elif kind == _GGUF_STRING:
+            found[key] = _read_gguf_string(handle)
+        else:
+            fmt = _GGUF_SCALARS[kind]
+            (found[key],) = struct.unpack(fmt, handle.read(struct.calcsize(fmt)))
+    return found
+
+
+def _read_gguf_string(handle: Any) -> str:
+    (size,) = struct.unpack("<Q", handle.read(8))
+    return handle.read(size).decode("utf-8", errors="replace")
+
+
+def _skip_gguf_array(handle: Any) -> None:
+    kind, count = struct.unpack("<IQ", handle.read(12))
+    if kind == _GGUF_STRING:
+        for _ in range(count):
+            (size,) = struct.unpack("<Q", handle.read(8))
+            handle.seek(size, os.SEEK_CUR)
+    elif kind == _GGUF_ARRAY:
+        for _ in range(count):
+            _skip_gguf_array(handle)
+    else:
+        handle.seek(count * struct.calcsize(_GGUF_SCALARS[kind]), os.SEEK_CUR)
+
+
+# --- the pool ------------------------------------------------------------------------------
+
+EngineKey = tuple[str, str | None]
+
+
+@dataclass
+class _Entry:
+    """A pooled engine with its memory cost and when it was loaded and last handed out."""
+
+    engine: Engine
+    estimated_mb: float
+    measured_mb: float
+    loaded_at: float
+    last_used: float
+
+    @property
+    def cost_mb(self) -> float:
+        """What the budget charges: the larger of the estimate and the measured load."""
+        return max(self.estimated_mb, self.measured_mb)
+
+
+class EnginePool:
+    """Loaded engines keyed by (base, adapter), kept within a memory budget.
+
+    Loading an engine that would pass the budget first closes the least recently used idle
+    engines. Busy engines are never cut off: an unloaded engine finishes the requests it has
+    admitted, then frees its memory.
+    """
+
+    def __init__(
+        self,
+        memory_budget_mb: float | None = None,
+        queue_limit: int | None = None,
+        max_engines: int | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+    ) -> None:
+        """Create an empty pool.
+
+        Args:
+            memory_budget_mb: Megabytes all engines may hold together; TURING_ENGINE_MEMORY_MB
+                (default a quarter of physical memory) when None.
+            queue_limit: Callers that may wait for each busy engine; TURING_ENGINE_QUEUE
+                (default 64) when None.
+            max_engines: An optional cap on how many engines stay loaded.
+            n_ctx: Context window of every engine, in tokens.
+            n_threads: CPU threads per engine; every core this process may use when None.
+
+        Raises:
+            InvalidInputError: A limit is not positive.
+        """
+        self.memory_budget_mb = (
+            memory_budget_mb if memory_budget_mb is not None else memory_budget_setting()
+        )
+        self.queue_limit = queue_limit if queue_limit is not None else queue_limit_setting()
+        problems = []
+        if not self.memory_budget_mb > 0:
+            problems.append(f"memory_budget_mb={self.memory_budget_mb}: must be positive")
+        if self.queue_limit < 0:
+            problems.append(f"queue_limit={self.queue_limit}: must be 0 (no waiting) or more")
+        if max_engines is not None and max_engines < 1:
+            problems.append(f"max_engines={max_engines}: must be at least 1")
+        if problems:
+            raise InvalidInputError("; ".join(problems))
         self.max_engines = max_engines
-        self._engines: OrderedDict[tuple[str, str | None], Engine] = OrderedDict()
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self._entries: OrderedDict[EngineKey, _Entry] = OrderedDict()
+        self._retiring: list[_Entry] = []  # unloaded but still serving admitted requests
         self._lock = threading.Lock()
 
     def get(self, base_gguf: Path, adapter_gguf: Path | None = None) -> Engine:
         """Return the engine for this base and adapter, loading it on first use.
 
-        An engine evicted while a caller still holds it raises ConflictError on its next call;
+        An engine unloaded while a caller still holds it raises ConflictError on its next call;
         call `get` again right before each use.
+
+        Raises:
+            InvalidInputError: A file is missing or llama.cpp cannot load it.
+            ConflictError: The engine alone is larger than the whole memory budget.
+            BusyError: Busy engines hold so much of the budget that this one does not fit yet.
         """
-        key = (
-            str(Path(base_gguf).resolve()),
-            str(Path(adapter_gguf).resolve()) if adapter_gguf else None,
+        key = _key(base_gguf, adapter_gguf)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                # Loading under the lock keeps two callers from loading the same model twice
+                # and keeps the budget arithmetic honest.
+                entry = self._load(key)
+            self._entries.move_to_end(key)
+            entry.last_used = time.time()
+            return entry.engine
+
+    def _load(self, key: EngineKey) -> _Entry:
+        base, adapter = Path(key[0]), Path(key[1]) if key[1] else None
+        for label, path in (("base model", base), ("adapter", adapter)):
+            if path is not None and not path.is_file():
+                raise InvalidInputError(f"{label} GGUF {path} does not exist")
+        estimated = estimate_engine_mb(base, adapter, self.n_ctx)
+        self._make_room(key, estimated)
+
+        before = process_rss_mb()
+        engine = Engine(
+            base, adapter, n_ctx=self.n_ctx, n_threads=self.n_threads, queue_limit=self.queue_limit
         )
-        evicted: list[Engine] = []
-        with self._lock:
-            engine = self._engines.get(key)
-            if engine is None:
-                # Loading under the lock keeps two callers from loading the same model twice.
-                engine = Engine(Path(key[0]), Path(key[1]) if key[1] else None)
-                self._engines[key] = engine
-            self._engines.move_to_end(key)
-            while len(self._engines) > self.max_engines:
-                evicted.append(self._engines.popitem(last=False)[1])
+        measured = max(0.0, process_rss_mb() - before)
+        now = time.time()
+        entry = _Entry(engine, estimated, measured, loaded_at=now, last_used=now)
+        self._entries[key] = entry
+        logger.info(
+            "engine %s: estimated %.0f MB, measured %.0f MB; pool holds %.0f of %.0f MB",
+            engine.describe(),
+            estimated,
+            measured,
+            self._held_mb(),
+            self.memory_budget_mb,
+        )
+        return entry
 
-        # Closing waits for the evicted engine's running generation, so not under the pool lock.
-        for old in evicted:
-            old.close()
-        return engine
+    def _make_room(self, key: EngineKey, needed_mb: float) -> None:
+        """Unload least recently used idle engines until `needed_mb` more fits the budget."""
+        if needed_mb > self.memory_budget_mb:
+            raise ConflictError(
+                f"engine {_describe(key)} needs about {needed_mb:.0f} MB but the whole engine "
+                f"memory budget is {self.memory_budget_mb:.0f} MB; raise {MEMORY_ENV} or use a "
+                "smaller model (e.g. a q8_0 export)"
+            )
+        self._reap()
+        for old_key, old in list(self._entries.items()):
+            over_cap = self.max_engines is not None and len(self._entries) >= self.max_engines
+            if not over_cap and self._held_mb() + needed_mb <= self.memory_budget_mb:
+                return
+            if not old.engine.busy and not old.engine.waiting:
+                self._unload(old_key)
+        over_cap = self.max_engines is not None and len(self._entries) >= self.max_engines
+        if over_cap or self._held_mb() + needed_mb > self.memory_budget_mb:
+            raise BusyError(
+                f"engine {_describe(key)} needs about {needed_mb:.0f} MB; busy engines hold "
+                f"{self._held_mb():.0f} MB of the {self.memory_budget_mb:.0f} MB budget "
+                f"({MEMORY_ENV}) and {len(self._entries)} engines are loaded; retry when they "
+                "finish"
+            )
 
-    def close(self) -> None:
-        """Close every engine in the pool."""
+    def unload(self, base_gguf: Path, adapter_gguf: Path | None = None) -> bool:
+        """Unload an engine: it finishes the requests it has admitted, then frees its memory.
+
+        Returns:
+            True when such an engine was loaded.
+        """
         with self._lock:
-            engines = list(self._engines.values())
-            self._engines.clear()
-        for engine in engines:
-            engine.close()
+            return self._unload(_key(base_gguf, adapter_gguf))
+
+    def retain(self, keep: set[tuple[Path, Path | None]]) -> list[EngineKey]:
+        """Unload every engine whose (base, adapter) is not in `keep`.
+
+        Args:
+            keep: (base GGUF, adapter GGUF or None) pairs still served, e.g. by live routes.
+
+        Returns:
+            The (base, adapter) keys unloaded.
+        """
+        wanted = {_key(base, adapter) for base, adapter in keep}
+        with self._lock:
+            dropped = [key for key in self._entries if key not in wanted]
+            for key in dropped:
+                self._unload(key)
+        return dropped
+
+    def _unload(self, key: EngineKey) -> bool:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        if not entry.engine.retire():
+            self._retiring.append(entry)
+        return True
+
+    def _reap(self) -> None:
+        self._retiring = [entry for entry in self._retiring if not entry.engine.closed]
+
+    def _held_mb(self) -> float:
+        held = list(self._entries.values()) + self._retiring
+        return sum(entry.cost_mb for entry in held)
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Describe each loaded engine: files, memory, use and load, most recently used first."""
+        with self._lock:
+            self._reap()
+            entries = list(reversed(self._entries.values()))
+        return [_entry_stats(entry) for entry in entries]
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Close every engine, waiting up to `timeout` seconds for each running generation."""
+        with self._lock:
+            entries = list(self._entries.values()) + self._retiring
+            self._entries.clear()
+            self._retiring = []
+        for entry in entries:
+            if not entry.engine.close(timeout):
+                logger.warning(
+                    "engine %s still generating after %s s; it frees itself when done",
+                    entry.engine.describe(),
+                    timeout,
+                )
+
+
+def _key(base_gguf: Path, adapter_gguf: Path | None) -> EngineKey:
+    return (
+        str(Path(base_gguf).resolve()),
+        str(Path(adapter_gguf).resolve()) if adapter_gguf else None,
+    )
+
+
+def _describe(key: EngineKey) -> str:
+    return key[0] if key[1] is None else f"{key[0]} with adapter {key[1]}"
+
+
+def _entry_stats(entry: _Entry) -> dict[str, Any]:
+    engine = entry.engine
+    return {
+        "base": str(engine.base_gguf),
+        "adapter": str(engine.adapter_gguf) if engine.adapter_gguf else None,
+        "estimated_mb": round(entry.estimated_mb, 1),
+        "measured_mb": round(entry.measured_mb, 1),
+        "loaded_at": _iso(entry.loaded_at),
+        "last_used": _iso(entry.last_used),
+        "requests": engine.requests,
+        "tokens_out": engine.tokens_out,
+        "busy": engine.busy,
+        "waiting": engine.waiting,
+    }
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="seconds")

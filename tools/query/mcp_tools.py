@@ -1,14 +1,16 @@
-"""MCP tools of the query stage."""
+"""MCP tools and resources of the query stage: queries, pricing, traffic metrics, A/B tests."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
 
 from turing.server.services import Services
-from turing.tools.query import serve
+from turing.tools.errors import InvalidInputError
+from turing.tools.query import serve, telemetry, traffic_metrics
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -21,6 +23,8 @@ def register(app: MCPServer, services: Services) -> None:
         max_tokens: int = 256,
         temperature: float = 0.0,
         routing_key: str | None = None,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
     ) -> dict[str, Any]:
         """Ask a deployed model (or a model version or base model) and get its answer.
 
@@ -38,7 +42,149 @@ def register(app: MCPServer, services: Services) -> None:
             routing_key: A stable id of the caller (e.g. a user or session id): queries with
                 the same key go to the same route of the deployment's current revision.
                 Omit it for random routing by weight.
+            top_p: Nucleus sampling mass when temperature > 0, in (0, 1].
+            stop: Up to 4 strings that end the answer (not included in it).
         """
         return await anyio.to_thread.run_sync(
-            serve.query_model, services, model, messages, max_tokens, temperature, routing_key
+            serve.query_model,
+            services,
+            model,
+            messages,
+            max_tokens,
+            temperature,
+            routing_key,
+            top_p,
+            stop,
         )
+
+    @app.tool()
+    async def set_pricing(
+        deployment: str,
+        price_per_1k_tokens: float,
+        replaced_model: str | None = None,
+        replaced_price_per_1k_tokens: float = 0.0,
+        reason: str = "",
+        actor: str = "",
+    ) -> dict[str, Any]:
+        """Set a deployment's price per 1,000 tokens, and the foundation model it replaces.
+
+        Each query is then costed at tokens in + out / 1000 * price, and what the replaced
+        model would have charged for the same tokens, so metrics report cost and savings.
+        Queries recorded earlier keep their old prices. Without pricing, costs are 0 and the
+        metrics say "not configured".
+
+        Args:
+            deployment: An existing deployment.
+            price_per_1k_tokens: What serving 1,000 tokens of this deployment costs (any
+                currency, used consistently), 0-1000; e.g. an estimate of hardware cost.
+            replaced_model: The foundation model this deployment stands in for, e.g.
+                "gpt-4o-mini"; required when replaced_price_per_1k_tokens is above 0.
+            replaced_price_per_1k_tokens: That model's price per 1,000 tokens, same currency.
+            reason: Why; kept in the audit trail.
+            actor: Who sets it (a person or an agent); kept in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            telemetry.set_pricing,
+            services,
+            deployment,
+            price_per_1k_tokens,
+            replaced_model,
+            replaced_price_per_1k_tokens,
+            reason,
+            actor,
+        )
+
+    @app.tool()
+    async def get_metrics(
+        deployment: str | None = None,
+        version_id: str | None = None,
+        since: str | None = None,
+        revision: int | None = None,
+    ) -> dict[str, Any]:
+        """Traffic metrics of a deployment or a model version, from every recorded query.
+
+        Give exactly one of deployment or version_id. Returns, for live and shadow traffic
+        apart: count, errors, error_rate, latency_ms and ttft_ms percentiles (p50/p95/p99,
+        answered queries), tokens_in/out, decode_tokens_per_s, cost, replaced_cost, savings
+        and PII flags (personal data in answers that the prompt did not hold). A deployment's
+        metrics are also broken out per version and per route of a revision; a version's per
+        deployment.
+
+        Args:
+            deployment: A deployment name.
+            version_id: A model version id (mv-...) or base model name.
+            since: Only queries from this time on: ISO 8601 (e.g. 2026-12-05T09:00:00Z) or a
+                duration back from now (e.g. "15m", "24h", "7d"). Omit for all time.
+            revision: For a deployment, the revision whose routes are broken out; the
+                current one by default.
+        """
+        if (deployment is None) == (version_id is None):
+            raise InvalidInputError("give exactly one of deployment or version_id")
+        if deployment is not None:
+            return await anyio.to_thread.run_sync(
+                traffic_metrics.deployment_metrics, services, deployment, since, revision
+            )
+        if revision is not None:
+            raise InvalidInputError("revision applies to a deployment's metrics, not a version's")
+        return await anyio.to_thread.run_sync(
+            traffic_metrics.version_metrics, services, version_id, since
+        )
+
+    @app.tool()
+    async def compare_routes(
+        deployment: str,
+        metric: str,
+        revision: int | None = None,
+        since: str | None = None,
+        confidence: float = 0.95,
+    ) -> dict[str, Any]:
+        """A/B test: compare the routes of a deployment revision on one metric, with a
+        significance test of each challenger against the champion.
+
+        Per route: the value with its confidence interval and how many queries it rests on.
+        Per challenger: the difference from the champion (challenger - champion), its interval,
+        the test and its p-value (Holm-adjusted across challengers) and whether it is
+        significant. Value metrics use Mann-Whitney's U test, rates Fisher's exact test.
+
+        Args:
+            deployment: An existing deployment.
+            metric: One of latency_ms, ttft_ms, tokens_in, tokens_out, decode_tokens_per_s,
+                cost (per-query values), error_rate, pii_rate (shares of queries).
+            revision: The revision whose routes to compare; the current one by default.
+            since: Only queries from this time on (ISO 8601 or e.g. "24h"); all by default.
+            confidence: Of the intervals, between 0 and 1; significance is at 1 - confidence.
+        """
+        return await anyio.to_thread.run_sync(
+            traffic_metrics.compare_routes,
+            services,
+            deployment,
+            metric,
+            revision,
+            since,
+            confidence,
+        )
+
+    @app.resource("turing://deployments/{deployment}/metrics", mime_type="application/json")
+    async def deployment_metrics(deployment: str) -> str:
+        """A deployment's traffic metrics over all time: live and shadow, per version and per
+        route of the current revision, with its pricing (see get_metrics for the fields)."""
+        found = await anyio.to_thread.run_sync(
+            traffic_metrics.deployment_metrics, services, deployment
+        )
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://models/{version_id}/metrics", mime_type="application/json")
+    async def version_metrics(version_id: str) -> str:
+        """A model version's traffic metrics over all time, live and shadow, per deployment."""
+        found = await anyio.to_thread.run_sync(
+            traffic_metrics.version_metrics, services, version_id
+        )
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://engines", mime_type="application/json")
+    def engines() -> str:
+        """The llama.cpp engines loaded in this server: base and adapter, estimated and measured
+        memory (MB), requests and tokens served, busy and waiting requests, the memory budget."""
+        if "engines" not in vars(services):
+            return json.dumps([])  # nothing has been queried yet
+        return json.dumps(services.engines.stats(), indent=2)

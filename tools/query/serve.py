@@ -1,28 +1,64 @@
 """Answer chat queries from a deployment, model version or base model, recording each one.
 
 A deployment's query is answered by the route its weights (or the caller's routing key) choose,
-then mirrored to the revision's shadow versions in the background.
+then mirrored to the revision's shadow versions in the background. The MCP tool and the HTTP
+API share this path: `open_query` starts an answer, iterating it streams the text, and its end
+(finished, failed or abandoned) is recorded once in the telemetry.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools.deploy.routing import check_routing_key, key_digest
 from turing.tools.deploy.versions import ModelTarget, route_query, version_target
-from turing.tools.errors import InvalidInputError, TuringError
+from turing.tools.errors import ConflictError, InvalidInputError, TuringError
 from turing.tools.query.shadow import mirror
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS_LIMIT = 2048
+MAX_STOP_STRINGS = 4
+MAX_STOP_LENGTH = 64
 SHADOW_DROPPED = "shadow copy dropped: the mirror queue was full"
+ABANDONED = "abandoned: the caller stopped reading the answer"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to generate: token budget, temperature, nucleus mass and stop strings."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        """Refuse values outside the allowed ranges, naming each one."""
+        problems = []
+        if not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            problems.append(
+                f"max_tokens={self.max_tokens}: must be between 1 and {MAX_TOKENS_LIMIT}"
+            )
+        if not 0.0 <= self.temperature <= 2.0:
+            problems.append(f"temperature={self.temperature}: must be between 0 and 2")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p}: must be in (0, 1]")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            problems.append(f"stop has {len(self.stop)} strings; at most {MAX_STOP_STRINGS}")
+        for stop in self.stop:
+            if not stop or len(stop) > MAX_STOP_LENGTH:
+                problems.append(f"stop string {stop!r}: must be 1 to {MAX_STOP_LENGTH} characters")
+        if problems:
+            raise InvalidInputError("; ".join(problems))
 
 
 def query_model(
@@ -32,67 +68,178 @@ def query_model(
     max_tokens: int = 256,
     temperature: float = 0.0,
     routing_key: str | None = None,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generate the assistant's reply with llama.cpp; blocking, so call it off the event loop.
 
     A routing key (e.g. a user id) sends every query with that key to the same route of the
     deployment's current revision.
     """
-    check_messages(messages)
-    if not 1 <= max_tokens <= MAX_TOKENS_LIMIT:
-        raise InvalidInputError(
-            f"max_tokens={max_tokens}: must be between 1 and {MAX_TOKENS_LIMIT}"
-        )
-    if not 0.0 <= temperature <= 2.0:
-        raise InvalidInputError(f"temperature={temperature}: must be between 0 and 2")
+    sampling = Sampling(max_tokens, temperature, top_p, tuple(stop or ()))
+    answer = open_query(services, model, messages, sampling, routing_key)
+    answer.finish()
+    return answer.describe()
+
+
+def open_query(
+    services: Services,
+    model: str,
+    messages: list[dict[str, Any]],
+    sampling: Sampling,
+    routing_key: str | None = None,
+    transport: str = "mcp",
+) -> Answer:
+    """Route a query and start answering it; blocking, so call it off the event loop.
+
+    Raises a bad request, an unknown model, a prompt too long for the context or a busy
+    engine here, before any text is generated; each is recorded against the model it named.
+    """
     check_routing_key(routing_key)
     target = route_query(services, model, routing_key)
     key = key_digest(routing_key)
-
     try:
-        completion = _answer(services, target, messages, max_tokens, temperature, key, False)
-    finally:
-        for version_id in target.shadows:
-            _mirror(services, target, version_id, messages, max_tokens, temperature, key)
-
-    return {
-        "text": completion.text,
-        "model": target.name,
-        "version_id": target.version_id,
-        "deployment": target.deployment,
-        "revision": target.revision,
-        "base_model": target.base_model,
-        "finish_reason": completion.finish_reason,
-        "latency_ms": round(completion.latency_ms, 2),
-        "time_to_first_token_ms": round(completion.time_to_first_token_ms, 2),
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "shadows": list(target.shadows),
-    }
-
-
-def _answer(
-    services: Services,
-    target: ModelTarget,
-    messages: list[dict[str, Any]],
-    max_tokens: int,
-    temperature: float,
-    key: str | None,
-    shadow: bool,
-) -> Any:
-    """One completion from the target's engine, recorded in the queries table either way."""
-    started = time.perf_counter()
-    try:
-        engine = services.engines.get(
-            Path(target.base_gguf), Path(target.adapter_gguf) if target.adapter_gguf else None
-        )
-        completion = engine.complete(messages, max_tokens=max_tokens, temperature=temperature)
-    except TuringError as exc:
-        elapsed = (time.perf_counter() - started) * 1000
-        _record(services, target, None, elapsed, str(exc), key, shadow)
+        check_messages(messages)
+        sampling.check()
+    except InvalidInputError as exc:
+        # A refused request still counts against the endpoint's error rate.
+        _record(services, target, None, 0.0, exc, key, messages=None, transport=transport)
         raise
-    _record(services, target, completion, completion.latency_ms, None, key, shadow)
-    return completion
+    return Answer(services, target, messages, sampling, key, transport)
+
+
+class Answer:
+    """One query being answered: iterate it for text deltas, or call `finish` for the whole text.
+
+    The answer holds its engine until it ends; it ends when the text is complete, when
+    generation fails, or when `close` is called (the caller went away). Each end is recorded
+    once, and the query is then mirrored to the route's shadow versions.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        target: ModelTarget,
+        messages: list[dict[str, Any]],
+        sampling: Sampling,
+        key: str | None = None,
+        transport: str = "mcp",
+        shadow: bool = False,
+    ) -> None:
+        self.id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.created = time.time()
+        self.target = target
+        self._services = services
+        self._messages = messages
+        self._sampling = sampling
+        self._key = key
+        self._transport = transport
+        self._shadow = shadow
+        self._started = time.perf_counter()
+        self._ended = False
+        try:
+            self._stream = _open_stream(services, target, messages, sampling)
+        except TuringError as exc:
+            self._end(exc, None)
+            raise
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._stream)
+        except StopIteration:
+            self._end(None, self._stream.completion)
+            raise
+        except TuringError as exc:
+            self._end(exc, self._stream.completion)
+            raise
+
+    @property
+    def completion(self) -> Any:
+        """The finished Completion (text, token counts, timings); None before the end."""
+        return self._stream.completion
+
+    def finish(self) -> Any:
+        """Generate the rest of the answer and return the Completion."""
+        for _ in self:
+            pass
+        return self._stream.completion
+
+    def close(self) -> None:
+        """Stop generating (the caller went away) and free the engine; recorded as abandoned."""
+        if not self._ended:
+            self._stream.close()
+            self._end(ABANDONED, self._stream.completion)
+
+    def describe(self) -> dict[str, Any]:
+        """The reply as query_model returns it: text, who answered, timings, token counts."""
+        completion = self._stream.completion
+        target = self.target
+        return {
+            "text": completion.text,
+            "model": target.name,
+            "version_id": target.version_id,
+            "deployment": target.deployment,
+            "revision": target.revision,
+            "base_model": target.base_model,
+            "finish_reason": completion.finish_reason,
+            "latency_ms": round(completion.latency_ms, 2),
+            "time_to_first_token_ms": round(completion.time_to_first_token_ms, 2),
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "shadows": list(target.shadows),
+        }
+
+    def _end(self, error: BaseException | str | None, completion: Any) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        elapsed = (time.perf_counter() - self._started) * 1000
+        _record(
+            self._services,
+            self.target,
+            completion,
+            elapsed,
+            error,
+            self._key,
+            self._shadow,
+            messages=self._messages,
+            transport=self._transport,
+        )
+        if not self._shadow:
+            for version_id in self.target.shadows:
+                _mirror(
+                    self._services,
+                    self.target,
+                    version_id,
+                    self._messages,
+                    self._sampling,
+                    self._key,
+                    self._transport,
+                )
+
+
+def _open_stream(
+    services: Services, target: ModelTarget, messages: list[dict[str, Any]], sampling: Sampling
+) -> Any:
+    """The target engine's stream; an engine evicted between lookup and use is loaded again."""
+    adapter = Path(target.adapter_gguf) if target.adapter_gguf else None
+    for attempt in (1, 2):
+        engine = services.engines.get(Path(target.base_gguf), adapter)
+        try:
+            return engine.stream(
+                messages,
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                stop=list(sampling.stop),
+            )
+        except ConflictError:
+            if attempt == 2 or not engine.retired:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _mirror(
@@ -100,9 +247,9 @@ def _mirror(
     target: ModelTarget,
     version_id: str,
     messages: list[dict[str, Any]],
-    max_tokens: int,
-    temperature: float,
+    sampling: Sampling,
     key: str | None,
+    transport: str,
 ) -> None:
     """Queue the same request for a shadow version; its answer only reaches the telemetry."""
     copied = [dict(message) for message in messages]
@@ -110,19 +257,29 @@ def _mirror(
     def run() -> None:
         shadow = version_target(services, version_id, target.deployment, target.revision)
         try:
-            _answer(services, shadow, copied, max_tokens, temperature, key, True)
+            Answer(services, shadow, copied, sampling, key, transport, shadow=True).finish()
         except TuringError as exc:
             logger.warning("shadow request to %s of %s failed: %s", version_id, shadow.name, exc)
 
     if not mirror.submit(f"{target.deployment}/{version_id}", run):
         # The loss is visible where shadow results are read: a shadow row with the reason.
         dropped = version_target(services, version_id, target.deployment, target.revision)
-        _record(services, dropped, None, 0.0, SHADOW_DROPPED, key, True)
+        _record(
+            services,
+            dropped,
+            None,
+            0.0,
+            SHADOW_DROPPED,
+            key,
+            True,
+            messages=copied,
+            transport=transport,
+        )
 
 
 def check_messages(messages: list[dict[str, Any]]) -> None:
     """Refuse a conversation the chat template cannot render, naming the bad message."""
-    if not messages:
+    if not isinstance(messages, list) or not messages:
         raise InvalidInputError("messages is empty: give at least one user message")
     for index, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
@@ -141,23 +298,24 @@ def _record(
     target: ModelTarget,
     completion: Any,
     latency_ms: float,
-    error: str | None,
+    error: BaseException | str | None,
     routing_key: str | None = None,
     shadow: bool = False,
+    *,
+    messages: list[dict[str, Any]] | None = None,
+    transport: str = "mcp",
 ) -> None:
-    services.registry.insert(
-        "queries",
-        {
-            "deployment": target.deployment,
-            "revision": target.revision,
-            "version_id": target.version_id or target.name,
-            "latency_ms": latency_ms,
-            "time_to_first_token_ms": completion.time_to_first_token_ms if completion else None,
-            "prompt_tokens": completion.prompt_tokens if completion else None,
-            "completion_tokens": completion.completion_tokens if completion else None,
-            "error": error,
-            "shadow": int(shadow),
-            "routing_key": routing_key,
-            "created_at": utc_now(),
-        },
+    """Queue the request's telemetry row (written in the background, never on the reply path).
+
+    `routing_key` is the key's digest; give the exception itself as `error` to keep its type.
+    """
+    services.telemetry.record(
+        target,
+        completion,
+        latency_ms=latency_ms,
+        error=error,
+        messages=messages,
+        routing_key_digest=routing_key,
+        shadow=shadow,
+        transport=transport,
     )

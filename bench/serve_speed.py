@@ -1,0 +1,353 @@
+"""Serving speed: raw llama-cpp-python against query_model over MCP and the HTTP API, one run.
+
+Trains two lightly tuned SmolLM2 adapters on the shipped support-ticket sample (a low learning
+rate, so the model still writes long answers and decode speed is measured over many tokens),
+deploys them 50/50 behind one deployment of `turing serve --http`, then measures on the same
+base GGUF and adapter:
+
+- raw: llama-cpp-python's `Llama.generate` in this process, greedy, the same rendered prompt;
+- mcp: `query_model` through a real MCP stdio client session;
+- http: `/v1/chat/completions` through HTTP, whole answers and streamed.
+
+Requests are interleaved path by path, prompt by prompt, so drift of the machine hits every
+path alike. Reports decode tokens/s (after the first token) and end-to-end p50 latency per
+path as ratios against raw, the added p50 latency on one-token answers (where generation
+hardly varies), and a run of 32 concurrent HTTP clients with the throughput of each engine.
+Exits 1 unless every concurrent request succeeds.
+
+Goals: decode tokens/s >= 95% of raw; added p50 latency <= 2 ms.
+
+Run: python bench/serve_speed.py [--home DIR] [--out FILE] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+from mcp import Client, StdioServerParameters
+
+from turing.server.quickstart import Session, server_parameters, wait_for_run
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "tools" / "datasets" / "samples" / "support_tickets.jsonl"
+PROMPTS = [
+    "Explain step by step how to reset a forgotten password in a web app.",
+    "Write a short guide to exporting invoices as PDF files.",
+    "Describe what happens when a card payment is declined, and what a customer can do.",
+    "List ten tips for writing a clear support ticket.",
+    "Explain the difference between a refund and a chargeback.",
+    "How should a small shop prepare for a busy holiday season? Give details.",
+    "Describe how to set up two-factor authentication and why it matters.",
+    "Write a friendly email telling customers about a new feature.",
+]
+DECODE_TOKENS = 128
+CONCURRENT_CLIENTS = 32
+REQUESTS_PER_CLIENT = 4
+CONCURRENT_TOKENS = 32
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def deploy_two_versions(session: Session) -> tuple[str, str]:
+    dataset = await session.call("prepare_dataset", path=str(SAMPLE))
+    versions = []
+    for rate in (1e-5, 2e-5):
+        run = await session.call(
+            "start_finetune",
+            dataset_id=dataset["dataset_id"],
+            hyperparameters={"epochs": 1, "learning_rate": rate, "checkpoint_every": 0},
+        )
+        run = await wait_for_run(session, run["run_id"])
+        if run["status"] != "succeeded":
+            sys.exit(f"training failed: {run.get('error')}")
+        versions.append((await session.call("export_model", run_id=run["run_id"]))["id"])
+        log(f"version {versions[-1]} from {run['run_id']}")
+    await session.call("deploy", model=versions[0], deployment="bench", reason="speed bench")
+    return versions[0], versions[1]
+
+
+class RawEngine:
+    """llama-cpp-python with nothing of Turing's around it but the prompt text."""
+
+    def __init__(self, base: str, adapter: str) -> None:
+        import llama_cpp
+
+        from turing.tools.chat import read_chat_template
+
+        threads = len(os.sched_getaffinity(0))
+        self.llm = llama_cpp.Llama(
+            model_path=base,
+            lora_path=adapter,
+            n_ctx=2048,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
+        self.template = read_chat_template(base)
+        end = self.llm.tokenize(self.template.end_of_turn.encode(), add_bos=False, special=True)
+        self.stops = {self.llm.token_eos(), *end[:1]}
+
+    def answer(self, prompt: str, max_tokens: int) -> dict[str, Any]:
+        text = self.template.render([{"role": "user", "content": prompt}], True)
+        started = time.perf_counter()
+        tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True)
+        first = None
+        count = 0
+        for token in self.llm.generate(tokens, top_k=0, top_p=1.0, min_p=0.0, temp=0.0):
+            first = first or time.perf_counter()
+            count += 1
+            if token in self.stops or count >= max_tokens:
+                break
+        done = time.perf_counter()
+        return timing(started, first or done, done, count)
+
+
+def timing(started: float, first: float, done: float, tokens: int) -> dict[str, Any]:
+    return {
+        "latency_ms": (done - started) * 1000,
+        "ttft_ms": (first - started) * 1000,
+        "tokens": tokens,
+        "decode_s": done - first,
+    }
+
+
+async def over_mcp(session: Session, prompt: str, max_tokens: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    reply = await session.call(
+        "query_model",
+        model="bench",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        routing_key="pinned",
+    )
+    done = time.perf_counter()
+    first = started + reply["time_to_first_token_ms"] / 1000
+    return timing(started, first, done, reply["completion_tokens"])
+
+
+async def over_http(
+    http: httpx.AsyncClient, base_url: str, prompt: str, max_tokens: int, stream: bool
+) -> dict[str, Any]:
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "user": "pinned",
+    }
+    started = time.perf_counter()
+    if not stream:
+        reply = (await http.post(f"{base_url}/chat/completions", json=body)).json()
+        done = time.perf_counter()
+        first = started + reply["turing"]["time_to_first_token_ms"] / 1000
+        return timing(started, first, done, reply["usage"]["completion_tokens"])
+    body.update(stream=True, stream_options={"include_usage": True})
+    first = None
+    usage: dict[str, Any] = {}
+    async with http.stream("POST", f"{base_url}/chat/completions", json=body) as reply:
+        async for line in reply.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("choices") and event["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+            usage = event.get("usage") or usage
+    done = time.perf_counter()
+    return timing(started, first or done, done, usage.get("completion_tokens", 0))
+
+
+def summarise(samples: list[dict[str, Any]]) -> dict[str, float]:
+    decode = [
+        (s["tokens"] - 1) / s["decode_s"] for s in samples if s["tokens"] > 1 and s["decode_s"]
+    ]
+    return {
+        "requests": len(samples),
+        "p50_latency_ms": statistics.median(s["latency_ms"] for s in samples),
+        "p50_ttft_ms": statistics.median(s["ttft_ms"] for s in samples),
+        "decode_tokens_per_s": statistics.median(decode) if decode else 0.0,
+        "mean_tokens": statistics.fmean(s["tokens"] for s in samples),
+    }
+
+
+async def measure_paths(
+    session: Session, base_url: str, raw: RawEngine, rounds: int, max_tokens: int
+) -> dict[str, dict[str, float]]:
+    samples: dict[str, list[dict[str, Any]]] = {"raw": [], "mcp": [], "http": [], "http_stream": []}
+    async with httpx.AsyncClient(timeout=300) as http:
+        for round_index in range(rounds + 1):  # round 0 warms every path up
+            for prompt in PROMPTS:
+                found = {
+                    "raw": await asyncio.to_thread(raw.answer, prompt, max_tokens),
+                    "mcp": await over_mcp(session, prompt, max_tokens),
+                    "http": await over_http(http, base_url, prompt, max_tokens, False),
+                    "http_stream": await over_http(http, base_url, prompt, max_tokens, True),
+                }
+                if round_index:
+                    for path, sample in found.items():
+                        samples[path].append(sample)
+    return {path: summarise(found) for path, found in samples.items()}
+
+
+async def concurrent_clients(base_url: str) -> dict[str, Any]:
+    errors: list[str] = []
+    tokens = 0
+
+    async def client(index: int, http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        for request in range(REQUESTS_PER_CLIENT):
+            body = {
+                "model": "bench",
+                "messages": [
+                    {"role": "user", "content": PROMPTS[(index + request) % len(PROMPTS)]}
+                ],
+                "max_tokens": CONCURRENT_TOKENS,
+                "temperature": 0,
+                "user": f"client-{index}",
+            }
+            reply = await http.post(f"{base_url}/chat/completions", json=body)
+            if reply.status_code != 200:
+                errors.append(f"{reply.status_code}: {reply.text[:200]}")
+            else:
+                tokens += reply.json()["usage"]["completion_tokens"]
+
+    limits = httpx.Limits(max_connections=CONCURRENT_CLIENTS)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(index, http) for index in range(CONCURRENT_CLIENTS)))
+        wall = time.perf_counter() - started
+    return {
+        "clients": CONCURRENT_CLIENTS,
+        "requests": CONCURRENT_CLIENTS * REQUESTS_PER_CLIENT,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "wall_s": round(wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+    }
+
+
+async def main(home: Path, out: Path | None, rounds: int) -> int:
+    port = free_port()
+    stdio = server_parameters(str(home), log_level="WARNING")
+    parameters = StdioServerParameters(
+        command=sys.executable, args=[*stdio.args, "--http", f"127.0.0.1:{port}"], env=stdio.env
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    async with Client(parameters) as client:
+        session = Session(client)
+        first, second = await deploy_two_versions(session)
+        models = await session.call("list_models")
+        row = next(row for row in models["model_versions"] if row["id"] == first)
+        base = next(b for b in models["base_models"] if b["name"] == row["base_model"])
+        raw = RawEngine(base["gguf_path"], row["gguf_path"])
+        log(f"measuring {rounds} rounds of {len(PROMPTS)} prompts on every path")
+        decode = await measure_paths(session, base_url, raw, rounds, DECODE_TOKENS)
+        short = await measure_paths(session, base_url, raw, rounds, 1)
+        raw.llm.close()
+
+        await session.call(
+            "set_routes",
+            deployment="bench",
+            routes=[{"version_id": first, "weight": 50}, {"version_id": second, "weight": 50}],
+            reason="two engines for the concurrency run",
+        )
+        log(f"{CONCURRENT_CLIENTS} concurrent HTTP clients over two engines")
+        before = await engine_stats(client)
+        concurrent = await concurrent_clients(base_url)
+        engines = per_engine(before, await engine_stats(client), concurrent["wall_s"])
+
+    report = build_report(decode, short, concurrent, engines)
+    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    if out:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if concurrent["errors"] == 0 else 1
+
+
+async def engine_stats(client: Client) -> dict[str, dict[str, Any]]:
+    found = await client.read_resource("turing://engines")
+    engines = json.loads(found.contents[0].text)  # type: ignore[union-attr]
+    return {str(engine["adapter"]): engine for engine in engines}
+
+
+def per_engine(
+    before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]], wall_s: float
+) -> list[dict[str, Any]]:
+    """Requests and tokens/s of each engine during the concurrent run."""
+    found = []
+    for adapter, engine in after.items():
+        earlier = before.get(adapter, {})
+        requests = engine["requests"] - earlier.get("requests", 0)
+        tokens = engine["tokens_out"] - earlier.get("tokens_out", 0)
+        found.append(
+            {
+                "adapter": Path(adapter).parent.name,
+                "requests": requests,
+                "tokens_per_s": round(tokens / wall_s, 1),
+                "measured_mb": engine.get("measured_mb"),
+            }
+        )
+    return found
+
+
+def build_report(
+    decode: dict[str, dict[str, float]],
+    short: dict[str, dict[str, float]],
+    concurrent: dict[str, Any],
+    engines: list[dict[str, Any]],
+) -> dict[str, Any]:
+    raw_rate = decode["raw"]["decode_tokens_per_s"]
+    paths = {}
+    for path in ("mcp", "http", "http_stream"):
+        paths[path] = {
+            "decode_ratio": round(decode[path]["decode_tokens_per_s"] / raw_rate, 3),
+            "p50_latency_ratio": round(
+                decode[path]["p50_latency_ms"] / decode["raw"]["p50_latency_ms"], 3
+            ),
+            "added_p50_ms_one_token": round(
+                short[path]["p50_latency_ms"] - short["raw"]["p50_latency_ms"], 2
+            ),
+        }
+    return {
+        "decode": decode,
+        "one_token": short,
+        "against_raw": paths,
+        "goals": {
+            path: {
+                "decode_at_least_95_percent": numbers["decode_ratio"] >= 0.95,
+                "added_p50_at_most_2_ms": numbers["added_p50_ms_one_token"] <= 2.0,
+            }
+            for path, numbers in paths.items()
+        },
+        "concurrent": concurrent,
+        "engines": engines,
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--home", type=Path, help="workspace (default: a new temporary folder)")
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    args = parser.parse_args()
+    home = args.home or Path(tempfile.mkdtemp(prefix="turing-serve-speed-"))
+    sys.exit(asyncio.run(main(home.resolve(), args.out, args.rounds)))

@@ -1,0 +1,237 @@
+"""The OpenAI-compatible HTTP API, driven by the official `openai` client and raw HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+import openai
+import pytest
+from mcp import Client, StdioServerParameters
+
+from tests.server.test_deployments import two_versions
+from turing.server.http_api import HttpServer, check_bind_host, parse_chat_request
+from turing.server.quickstart import Session, server_parameters
+from turing.server.services import Services
+from turing.server.workspace import Workspace
+from turing.tools.base_models import register_base_model
+from turing.tools.errors import InvalidInputError
+
+ASK = [{"role": "user", "content": "my invoice shows the wrong amount"}]
+
+
+@pytest.fixture
+def api(tmp_path: Path, tiny_base: Path) -> Iterator[tuple[str, Services]]:
+    """An HTTP API on a free loopback port over a workspace with the tiny model as base `tiny`."""
+    services = Services.open(Workspace(tmp_path / "home", tmp_path / "cache"))
+    register_base_model(services, "tiny", str(tiny_base))
+    server = HttpServer(services, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/v1", services
+    finally:
+        server.stop()
+        services.close()
+
+
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+def test_models_lists_base_models_with_their_lineage(api: tuple[str, Services]) -> None:
+    base_url, _ = api
+    listed = {model.id: model for model in client(base_url).models.list()}
+    assert {"tiny", "smollm2-135m-instruct"} <= set(listed)
+    tiny = listed["tiny"].model_dump()
+    assert tiny["owned_by"] == "turing" and tiny["root"] == "tiny"
+    assert tiny["turing"]["kind"] == "base"
+    assert client(base_url).models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError, match="no model 'nope'"):
+        client(base_url).models.retrieve("nope")
+
+
+def test_chat_completion_and_its_stream_give_the_same_greedy_text(
+    api: tuple[str, Services],
+) -> None:
+    base_url, services = api
+    answer = client(base_url).chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    text = answer.choices[0].message.content
+    assert answer.object == "chat.completion" and answer.model == "tiny"
+    assert answer.usage is not None and answer.usage.completion_tokens >= 1
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert answer.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(
+        client(base_url).chat.completions.create(
+            model="tiny",
+            messages=ASK,  # type: ignore[arg-type]
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in finishing] == [answer.choices[0].finish_reason]
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+    assert "<|im_end|>" not in text and "<|im_start|>" not in text
+
+    services.telemetry.flush()
+    with closing(sqlite3.connect(services.workspace.registry_path)) as db:
+        rows = db.execute("SELECT version_id, error, transport FROM queries").fetchall()
+    assert rows == [("tiny", None, "http"), ("tiny", None, "http")]
+
+
+def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Services]) -> None:
+    base_url, _ = api
+    whole = client(base_url).chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        max_tokens=16,
+        temperature=0,  # type: ignore[arg-type]
+    )
+    text = whole.choices[0].message.content or ""
+    assert len(text) >= 4, text
+    stop = text[2:4]
+    chunks = client(base_url).chat.completions.create(
+        model="tiny",
+        messages=ASK,  # type: ignore[arg-type]
+        max_tokens=16,
+        temperature=0,
+        stop=[stop],
+        stream=True,
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text[: text.find(stop)]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"messages": ASK}, "model is required"),
+        ({"model": "nope", "messages": ASK}, "no model 'nope'"),
+        ({"model": "tiny", "messages": []}, "messages must be a non-empty list"),
+        (
+            {"model": "tiny", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages\\[0\\].role",
+        ),
+        ({"model": "tiny", "messages": ASK, "temperature": 3}, "temperature=3.0: must be between"),
+        ({"model": "tiny", "messages": ASK, "max_tokens": 0}, "max_tokens=0"),
+        ({"model": "tiny", "messages": ASK, "max_tokens": "9"}, "max_tokens='9'"),
+        ({"model": "tiny", "messages": ASK, "n": 2}, "only n=1"),
+        ({"model": "tiny", "messages": ASK, "stop": ["a"] * 5}, "at most 4"),
+        ({"model": "tiny", "messages": ASK, "tools": [{"type": "function"}]}, "tools="),
+        (
+            {"model": "tiny", "messages": ASK, "temprature": 0},
+            "unsupported field\\(s\\) temprature",
+        ),
+        ({"model": "tiny", "messages": ASK, "routing_key": "x" * 300}, "routing_key"),
+    ],
+)
+def test_bad_requests_get_openai_errors_naming_the_field(
+    api: tuple[str, Services], body: dict[str, Any], message: str
+) -> None:
+    base_url, _ = api
+    reply = httpx.post(f"{base_url}/chat/completions", json=body, timeout=60)
+    assert reply.status_code in (400, 404), reply.text
+    error = reply.json()["error"]
+    assert error["type"] in ("invalid_request_error", "not_found_error")
+    import re
+
+    assert re.search(message, error["message"]), error["message"]
+
+
+def test_a_body_that_is_not_json_is_refused(api: tuple[str, Services]) -> None:
+    base_url, _ = api
+    reply = httpx.post(f"{base_url}/chat/completions", content=b"{not json", timeout=10)
+    assert reply.status_code == 400
+    assert "not valid JSON" in reply.json()["error"]["message"]
+
+
+def test_text_content_parts_are_joined_and_other_parts_refused() -> None:
+    parts = [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]
+    parsed = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": parts}]})
+    assert parsed.messages == [{"role": "user", "content": "hello there"}]
+    image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+    with pytest.raises(InvalidInputError, match=r"content\[0\] is of type 'image_url'"):
+        parse_chat_request({"model": "m", "messages": [{"role": "user", "content": image}]})
+    developer = parse_chat_request(
+        {"model": "m", "messages": [{"role": "developer", "content": "be brief"}, ASK[0]]}
+    )
+    assert developer.messages[0]["role"] == "system"
+
+
+def test_only_loopback_addresses_are_served() -> None:
+    for host in ("127.0.0.1", "::1", "localhost"):
+        check_bind_host(host)
+    for host in ("0.0.0.0", "192.168.1.5", "example.org"):
+        with pytest.raises(InvalidInputError, match="not a loopback address"):
+            check_bind_host(host)
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_a_deployment_made_over_mcp_answers_openai_clients_in_the_same_server(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    """`turing serve --http` serves MCP on stdio and the HTTP API from one process."""
+    port = free_port()
+    stdio = server_parameters(str(tmp_path / "home"))
+    parameters = StdioServerParameters(
+        command=sys.executable,
+        args=[*stdio.args, "--http", f"127.0.0.1:{port}"],
+        env=stdio.env,
+    )
+    async with Client(parameters) as mcp_client:
+        session = Session(mcp_client)
+        a, b, _ = await two_versions(session, tmp_path, tiny_base)
+        await session.call("deploy", model=a, deployment="triage")
+        await session.call(
+            "set_routes",
+            deployment="triage",
+            routes=[{"version_id": a, "weight": 50}, {"version_id": b, "weight": 50}],
+        )
+        base_url = f"http://127.0.0.1:{port}/v1"
+        async with httpx.AsyncClient(timeout=60) as http:
+            models = (await http.get(f"{base_url}/models")).json()["data"]
+            triage = next(model for model in models if model["id"] == "triage")
+            assert triage["root"] == "tiny" and triage["turing"]["revision"] == 2
+            assert {a, b} <= {model["id"] for model in models}
+
+            seen = set()
+            for user in ("ann", "bob", "cy", "di", "ed", "flo"):
+                body = {"model": "triage", "messages": ASK, "max_tokens": 2, "user": user}
+                first = await http.post(f"{base_url}/chat/completions", json=body)
+                again = await http.post(f"{base_url}/chat/completions", json=body)
+                assert first.status_code == 200, first.text
+                version = first.json()["system_fingerprint"]
+                assert again.json()["system_fingerprint"] == version  # sticky by user
+                assert first.headers["x-turing-revision"] == "2"
+                seen.add(version)
+            assert seen <= {a, b}
+
+        found = await session.client.read_resource("turing://deployments/triage/metrics")
+        metrics = json.loads(found.contents[0].text)  # type: ignore[union-attr]
+        assert metrics["live"]["count"] == 12, metrics
+    assert metrics["live"]["errors"] == 0, metrics
