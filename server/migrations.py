@@ -203,6 +203,13 @@ def _model_aliases(db: sqlite_utils.Database) -> None:
     db.table("alias_history").create_index(["deployment", "alias", "id"])
 
 
+def _remote_versions(db: sqlite_utils.Database) -> None:
+    versions = db.table("model_versions")
+    versions.add_column("endpoint", str)  # base URL of an OpenAI-compatible server, e.g. .../v1
+    versions.add_column("remote_model", str)  # the model name that server knows
+    versions.add_column("api_key_env", str)  # the environment variable holding its API key
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
@@ -211,4 +218,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (5, "shadow traffic and sticky routing keys on queries", _shadow_traffic),
     (6, "query telemetry (cost, PII, transport, error type) and pricing", _query_telemetry),
     (7, "model version aliases and their history", _model_aliases),
+    (8, "remote model versions served by OpenAI-compatible servers", _remote_versions),
 ]

@@ -229,4 +229,4 @@ def test_listing_tools_loads_neither_torch_nor_a_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "34 []"
+    assert done.stdout.strip() == "35 []"

@@ -56,6 +56,8 @@ def get_lineage(services: Services, model: str) -> dict[str, Any]:
             "path": version["gguf_path"],
             "base_model": version["base_model"],
             "created_at": version["created_at"],
+            "endpoint": version.get("endpoint"),
+            "remote_model": version.get("remote_model"),
         },
         "base_model": base and {key: base[key] for key in ("name", "gguf_path", "architecture")},
         "dataset": dataset and _dataset(dataset),
@@ -248,6 +250,8 @@ def render_card(lineage: dict[str, Any]) -> str:
 def _summary(lineage: dict[str, Any]) -> str:
     version, run, dataset = lineage["version"], lineage["run"], lineage["dataset"]
     made = f"fine-tuned by run {run['id']}" if run else "from an unknown run"
+    if version.get("endpoint"):
+        made = f"answered by model `{version['remote_model']}` at {version['endpoint']}"
     data = f" on dataset {dataset['id']}" if dataset else ""
     kind = f"A `{version['format']}` model version over base model `{version['base_model']}`"
     return f"{kind}, {made}{data}."

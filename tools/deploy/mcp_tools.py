@@ -10,7 +10,8 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from turing.server.services import Services
-from turing.tools.deploy import aliases, lineage, traffic, versions
+from turing.tools.base_models import DEFAULT_BASE_MODEL
+from turing.tools.deploy import aliases, lineage, remote, traffic, versions
 
 # A whole number as JSON gives it: no booleans, no numeric strings.
 WholeNumber = Annotated[int, Field(strict=True)]
@@ -41,6 +42,39 @@ def register(app: MCPServer, services: Services) -> None:
                 near-identical answers). Leave it out for format="adapter".
         """
         return await anyio.to_thread.run_sync(versions.export_run, services, run_id, format, dtype)
+
+    @app.tool()
+    async def register_remote_model(
+        endpoint: str,
+        model: str,
+        base_model: str = DEFAULT_BASE_MODEL,
+        api_key_env: str | None = None,
+        check: bool = True,
+        reason: str = "",
+        actor: str = "",
+    ) -> dict[str, Any]:
+        """Register a model on another OpenAI-compatible server (another Turing, llama.cpp's
+        llama-server, vLLM) as a model version, so deployments can route traffic to it.
+
+        Use it to scale out: route part of a deployment's traffic to a second machine serving
+        the same base model. The version id hashes the endpoint and model; registering the
+        same pair again returns the same version. The server is asked for its /models first.
+
+        Args:
+            endpoint: Its API base URL, e.g. "http://10.0.0.7:8100/v1".
+            model: The model name that server answers to (for another Turing: a deployment).
+            base_model: The base model it runs (routes of one deployment share a base).
+            api_key_env: An environment variable of this server holding the remote API key
+                (sent as a bearer token; never stored).
+            check: Set false to register a server that is not up yet.
+            reason: Why, kept in the audit trail.
+            actor: Who registers it, kept in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            lambda: remote.register_remote_version(
+                services, endpoint, model, base_model, api_key_env, check, reason, actor
+            )
+        )
 
     @app.tool()
     async def deploy(

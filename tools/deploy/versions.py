@@ -51,6 +51,10 @@ class ModelTarget:
     deployment: str | None = None
     revision: int | None = None
     shadows: tuple[str, ...] = ()  # versions this query is mirrored to, without answering
+    # A remote version answers from an OpenAI-compatible server instead of a local GGUF.
+    endpoint: str | None = None
+    remote_model: str | None = None
+    api_key_env: str | None = None
 
 
 def export_run(
@@ -452,6 +456,19 @@ def version_target(
     """
     version = services.registry.get("model_versions", version_id, "model version")
     base = get_base_model(services, version["base_model"])
+    if version.get("endpoint"):
+        return ModelTarget(
+            kind="deployment" if deployment else "version",
+            name=deployment or version_id,
+            base_model=base["name"],
+            base_gguf="",
+            version_id=version_id,
+            deployment=deployment,
+            revision=revision,
+            endpoint=version["endpoint"],
+            remote_model=version["remote_model"],
+            api_key_env=version["api_key_env"],
+        )
     if is_merged(version):
         base_gguf, adapter_gguf, adapter_dir = version["gguf_path"], None, None
     else:

@@ -71,6 +71,11 @@ def start_eval(
         spec = parse_spec(spec_args)
         target = resolve_model(services, model)
         backend = _choose_backend(target, backend, spec)
+    if target.endpoint:
+        raise InvalidInputError(
+            f"{target.version_id or model} answers from {target.endpoint}: evaluate the model "
+            "on that server; a deployment's gate can be passed over for it with force_reason"
+        )
     prepared = resolve(services, spec, _training_dataset(services, target))
 
     champion_id = champion_version(services, champion) if champion else None
@@ -223,6 +228,11 @@ def _candidates(
         found.append(spec("base", base, main_backend))
     if champion_id is not None:
         champion = version_target(services, champion_id)
+        if champion.endpoint:
+            raise InvalidInputError(
+                f"the champion {champion_id} answers from {champion.endpoint} and cannot be "
+                "scored here; compare without champion, or against a local version"
+            )
         if main_backend == "torch" and not champion.adapter_dir:
             raise InvalidInputError(f"champion {champion_id} has no PyTorch adapter to compare")
         found.append(spec("champion", champion, main_backend))

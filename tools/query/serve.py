@@ -224,7 +224,23 @@ class Answer:
 def _open_stream(
     services: Services, target: ModelTarget, messages: list[dict[str, Any]], sampling: Sampling
 ) -> Any:
-    """The target engine's stream; an engine evicted between lookup and use is loaded again."""
+    """The target engine's stream; an engine evicted between lookup and use is loaded again.
+
+    A remote version streams from its OpenAI-compatible server instead.
+    """
+    if target.endpoint:
+        from turing.tools.query.remote import RemoteStream
+
+        return RemoteStream(
+            target.endpoint,
+            target.remote_model or "",
+            messages,
+            max_tokens=sampling.max_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=list(sampling.stop),
+            api_key_env=target.api_key_env,
+        )
     adapter = Path(target.adapter_gguf) if target.adapter_gguf else None
     for attempt in (1, 2):
         engine = services.engines.get(Path(target.base_gguf), adapter)
