@@ -285,7 +285,7 @@ async def main(home: Path, out: Path | None, rounds: int) -> int:
 
 async def engine_stats(client: Client) -> dict[str, dict[str, Any]]:
     found = await client.read_resource("turing://engines")
-    engines = json.loads(found.contents[0].text)  # type: ignore[union-attr]
+    engines = json.loads(found.contents[0].text)["engines"]  # type: ignore[union-attr]
     return {str(engine["adapter"]): engine for engine in engines}
 
 

@@ -219,3 +219,44 @@ async def telemetry(tmp_path: Path, deployment: str, expect_shadow_rows: int) ->
             return rows
         await asyncio.sleep(0.5)
     raise AssertionError(f"{expect_shadow_rows} shadow rows not recorded in 120 s: {rows}")
+
+
+async def loaded_versions(session: Session) -> set[str]:
+    """The model versions whose llama.cpp engines the server holds (turing://engines)."""
+    found = await session.client.read_resource("turing://engines")
+    engines = json.loads(found.contents[0].text)["engines"]  # type: ignore[union-attr]
+    return {Path(engine["adapter"]).parent.name for engine in engines}
+
+
+async def test_deploy_rollback_and_deploy_again_unload_the_replaced_versions_engine(
+    session: Session, tmp_path: Path, tiny_base: Path
+) -> None:
+    a, b, _ = await two_versions(session, tmp_path, tiny_base)
+    assert await loaded_versions(session) == set()
+    await session.call("deploy", model=a, deployment="triage")
+    await ask(session)
+    assert await loaded_versions(session) == {a}
+
+    await session.call("deploy", model=b, deployment="triage")
+    assert await loaded_versions(session) == set()  # a is unloaded at once, b on first use
+    await ask(session)
+    assert await loaded_versions(session) == {b}
+
+    await session.call("rollback", deployment="triage")
+    assert await loaded_versions(session) == set()
+    assert (await ask(session))["version_id"] == a
+    assert await loaded_versions(session) == {a}
+
+    await session.call("deploy", model=b, deployment="triage")
+    assert (await ask(session))["version_id"] == b
+    assert await loaded_versions(session) == {b}
+
+    # A canary keeps both routed versions loaded; promoting it releases the old champion.
+    await session.call("canary", deployment="triage", model=a, percent=40)
+    answered = set()
+    for user in range(16):
+        answered.add((await ask(session, routing_key=f"user-{user}"))["version_id"])
+    assert answered == {a, b}
+    assert await loaded_versions(session) == {a, b}
+    await session.call("promote", deployment="triage")
+    assert await loaded_versions(session) == {a}

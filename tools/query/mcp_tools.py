@@ -183,8 +183,19 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.resource("turing://engines", mime_type="application/json")
     def engines() -> str:
-        """The llama.cpp engines loaded in this server: base and adapter, estimated and measured
-        memory (MB), requests and tokens served, busy and waiting requests, the memory budget."""
-        if "engines" not in vars(services):
-            return json.dumps([])  # nothing has been queried yet
-        return json.dumps(services.engines.stats(), indent=2)
+        """The llama.cpp engines loaded in this server (base and adapter, estimated and measured
+        memory in MB, requests and tokens served, busy and waiting requests), the engines'
+        memory budget and the server process's resident memory."""
+        from turing.tools.query.engine import memory_budget_setting, process_rss_mb
+
+        loaded = "engines" in vars(services)  # no pool before the first query
+        return json.dumps(
+            {
+                "memory_budget_mb": (
+                    services.engines.memory_budget_mb if loaded else memory_budget_setting()
+                ),
+                "process_rss_mb": round(process_rss_mb(), 1),
+                "engines": services.engines.stats() if loaded else [],
+            },
+            indent=2,
+        )
