@@ -13,7 +13,7 @@ from turing.server.registry import Registry
 from turing.server.workspace import Workspace
 
 if TYPE_CHECKING:
-    from turing.tools.query.engine import EnginePool
+    from turing.tools.query.pool import EnginePool
     from turing.tools.query.telemetry import Telemetry
 
 SPILL_NAME = "telemetry-unwritten.jsonl"
@@ -38,7 +38,7 @@ class Services:
     @cached_property
     def engines(self) -> EnginePool:
         """llama.cpp engines, loaded on first query so the server starts without them."""
-        from turing.tools.query.engine import EnginePool
+        from turing.tools.query.pool import EnginePool
 
         return EnginePool()
 

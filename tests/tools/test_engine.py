@@ -238,7 +238,7 @@ def test_two_threads_querying_one_engine_both_get_their_own_answers(tiny_engine:
 def test_pool_reuses_engines_and_closes_the_least_recently_used(
     tiny_gguf: Path, tmp_path: Path
 ) -> None:
-    from turing.tools.query.engine import EnginePool
+    from turing.tools.query.pool import EnginePool
 
     a, b, c = (shutil.copy(tiny_gguf, tmp_path / f"{name}.gguf") for name in "abc")
     pool = EnginePool(max_engines=2)
@@ -256,7 +256,7 @@ def test_pool_reuses_engines_and_closes_the_least_recently_used(
 
 
 def test_pool_loads_an_engine_once_when_threads_ask_together(tiny_gguf: Path) -> None:
-    from turing.tools.query.engine import EnginePool
+    from turing.tools.query.pool import EnginePool
 
     pool = EnginePool()
     got: list[Any] = []

@@ -301,7 +301,7 @@ def copies(tiny_gguf: Path, tmp_path: Path, tiny_engine: Any) -> list[Path]:
 
 
 def pool_of(**options: Any) -> Any:
-    from turing.tools.query.engine import EnginePool
+    from turing.tools.query.pool import EnginePool
 
     return EnginePool(n_ctx=256, n_threads=1, **options)
 
@@ -313,7 +313,7 @@ def charged_mb(pool: Any) -> dict[str, float]:
 
 
 def test_estimate_counts_the_files_and_the_kv_cache(tiny_gguf: Path) -> None:
-    from turing.tools.query.engine import COMPUTE_ALLOWANCE_MB, estimate_engine_mb
+    from turing.tools.query.pool import COMPUTE_ALLOWANCE_MB, estimate_engine_mb
 
     small = estimate_engine_mb(tiny_gguf, None, 256)
     large = estimate_engine_mb(tiny_gguf, None, 4096)
@@ -424,7 +424,7 @@ def test_an_engine_unloaded_while_streaming_finishes_then_frees_its_memory(
 def test_budget_and_queue_limit_come_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from turing.tools.query.engine import physical_memory_mb
+    from turing.tools.query.pool import physical_memory_mb
 
     monkeypatch.delenv("TURING_ENGINE_MEMORY_MB", raising=False)
     assert pool_of().memory_budget_mb == pytest.approx(physical_memory_mb() / 4)
@@ -445,7 +445,7 @@ RELEASE_CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from turing.tools.query.engine import EnginePool, process_rss_mb
+    from turing.tools.query.pool import EnginePool, process_rss_mb
 
     pool = EnginePool(memory_budget_mb=4096, n_ctx=2048)
     cycles = []

@@ -186,7 +186,7 @@ def register(app: MCPServer, services: Services) -> None:
         """The llama.cpp engines loaded in this server (base and adapter, estimated and measured
         memory in MB, requests and tokens served, busy and waiting requests), the engines'
         memory budget and the server process's resident memory."""
-        from turing.tools.query.engine import memory_budget_setting, process_rss_mb
+        from turing.tools.query.pool import memory_budget_setting, process_rss_mb
 
         loaded = "engines" in vars(services)  # no pool before the first query
         return json.dumps(
