@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from turing.server.services import Services
+from turing.tools.deploy import aliases
 from turing.tools.errors import (
     BusyError,
     ConflictError,
@@ -38,6 +39,7 @@ from turing.tools.query.serve import MAX_TOKENS_LIMIT, Sampling
 logger = logging.getLogger(__name__)
 
 ROUTING_HEADER = "x-turing-routing-key"
+PULL_PIECES = 16  # pieces generated between checks that a non-streaming client is still there
 MAX_BODY_BYTES = 4 << 20
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 
@@ -74,6 +76,14 @@ _NO_OPS: dict[str, tuple[Any, ...]] = {
 }
 
 
+# Accepted for compatibility and not used; still checked, so a malformed request is refused.
+_OPTIONAL_TYPES: tuple[tuple[str, type | tuple[type, ...], str], ...] = (
+    ("seed", int, "a whole number"),
+    ("store", bool, "true or false"),
+    ("metadata", dict, "an object"),
+)
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """A parsed `/v1/chat/completions` body."""
@@ -88,6 +98,9 @@ class ChatRequest:
 
 def create_http_app(services: Services) -> Starlette:
     """Build the HTTP app over the server's services (shared with the MCP tools)."""
+    # Requests wait for a busy engine on worker threads; anyio's default of 40 threads would
+    # let waiters starve the request that holds the engine. Engines bound their own lines.
+    threads = anyio.CapacityLimiter(serve.QUERY_THREADS)
 
     async def chat_completions(request: Request) -> Response:
         try:
@@ -100,7 +113,8 @@ def create_http_app(services: Services) -> Starlette:
                     chat.sampling,
                     routing_key=chat.routing_key,
                     transport="http",
-                )
+                ),
+                limiter=threads,
             )
         except TuringError as exc:
             return error_response(exc)
@@ -110,12 +124,16 @@ def create_http_app(services: Services) -> Starlette:
         }
         if chat.stream:
             return StreamingResponse(
-                _event_stream(answer, chat), media_type="text/event-stream", headers=headers
+                _event_stream(answer, chat, threads),
+                media_type="text/event-stream",
+                headers=headers,
             )
         try:
-            await anyio.to_thread.run_sync(answer.finish)
+            finished = await _finish_unless_gone(answer, request, threads)
         except TuringError as exc:
             return error_response(exc)
+        if not finished:
+            return Response(status_code=499)  # nobody is left to read it
         return JSONResponse(completion_body(answer, chat), headers=headers)
 
     async def list_models(request: Request) -> Response:
@@ -123,6 +141,11 @@ def create_http_app(services: Services) -> Starlette:
 
     async def get_model(request: Request) -> Response:
         name = request.path_params["model"]
+        if aliases.is_reference(name):
+            try:
+                name = aliases.resolve_reference(services, name)
+            except TuringError as exc:
+                return error_response(exc)
         for model in describe_models(services):
             if model["id"] == name:
                 return JSONResponse(model)
@@ -168,8 +191,12 @@ def parse_chat_request(body: dict[str, Any], headers: Any = None) -> ChatRequest
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidInputError("model is required: a deployment, model version or base model")
-    if body.get("n", 1) != 1:
-        raise InvalidInputError(f"n={body['n']!r}: only n=1 is supported")
+    n = body.get("n", 1)
+    if not (_is_int(n) and n == 1):
+        raise InvalidInputError(f"n={n!r}: only n=1 is supported")
+    for name, kinds, rule in _OPTIONAL_TYPES:
+        if body.get(name) is not None and not isinstance(body[name], kinds):
+            raise InvalidInputError(f"{name}={body[name]!r}: must be {rule}")
 
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     max_tokens = MAX_TOKENS_LIMIT if max_tokens is None else max_tokens
@@ -185,8 +212,11 @@ def parse_chat_request(body: dict[str, Any], headers: Any = None) -> ChatRequest
     if not isinstance(stream, bool):
         raise InvalidInputError(f"stream={stream!r}: must be true or false")
     options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+    usage = options.get("include_usage", False) if isinstance(options, dict) else None
+    if not isinstance(options, dict) or set(options) - {"include_usage"} or usage not in (0, 1):
         raise InvalidInputError("stream_options may only hold include_usage (true or false)")
+    if not isinstance(usage, bool):
+        raise InvalidInputError(f"stream_options.include_usage={usage!r}: must be true or false")
 
     key = (headers or {}).get(ROUTING_HEADER) or body.get("user")
     if key is not None and not isinstance(key, str):
@@ -201,7 +231,7 @@ def parse_chat_request(body: dict[str, Any], headers: Any = None) -> ChatRequest
             stop=_stop_strings(body.get("stop")),
         ),
         stream=stream,
-        include_usage=bool(options.get("include_usage", False)),
+        include_usage=usage,
         routing_key=key,
     )
 
@@ -231,7 +261,10 @@ def _join_text_parts(parts: list[Any], index: int) -> str:
                 f"messages[{index}].content[{number}] is of type {kind!r}; only text parts "
                 "are supported"
             )
-        texts.append(str(part.get("text", "")))
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise InvalidInputError(f"messages[{index}].content[{number}].text must be a string")
+        texts.append(text)
     return "".join(texts)
 
 
@@ -295,7 +328,28 @@ def _turing_fields(answer: serve.Answer) -> dict[str, Any]:
     }
 
 
-async def _event_stream(answer: serve.Answer, chat: ChatRequest) -> AsyncIterator[str]:
+async def _finish_unless_gone(
+    answer: serve.Answer, request: Request, threads: anyio.CapacityLimiter
+) -> bool:
+    """Generate the whole answer, stopping early (False) when the client disconnects."""
+
+    def pull() -> bool:  # True once the answer has ended
+        return any(next(answer, None) is None for _ in range(PULL_PIECES))
+
+    try:
+        while not await anyio.to_thread.run_sync(pull, limiter=threads):
+            if await request.is_disconnected():
+                await anyio.to_thread.run_sync(answer.close, limiter=threads)
+                return False
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(answer.close, limiter=threads)
+    return True
+
+
+async def _event_stream(
+    answer: serve.Answer, chat: ChatRequest, threads: anyio.CapacityLimiter
+) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> str:
@@ -314,7 +368,7 @@ async def _event_stream(answer: serve.Answer, chat: ChatRequest) -> AsyncIterato
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
-            piece = await anyio.to_thread.run_sync(next, deltas, None)
+            piece = await anyio.to_thread.run_sync(next, deltas, None, limiter=threads)
             if piece is None:
                 break
             yield chunk({"content": piece})
@@ -330,7 +384,10 @@ async def _event_stream(answer: serve.Answer, chat: ChatRequest) -> AsyncIterato
         yield f"data: {json.dumps(error_body(exc))}\n\n"
     finally:
         if not finished:
-            await anyio.to_thread.run_sync(answer.close)
+            # A client that went away cancels this generator; the shield lets the answer end
+            # (and be recorded as abandoned) anyway.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(answer.close, limiter=threads)
     yield "data: [DONE]\n\n"
 
 
@@ -446,6 +503,8 @@ class HttpServer:
         import uvicorn
 
         check_bind_host(host)
+        if not 0 <= port <= 65535:
+            raise InvalidInputError(f"port {port}: give 1-65535 (or 0 for any free port)")
         # log_config=None: uvicorn's default config prints access lines to stdout, which on
         # stdio carries the MCP protocol; its loggers propagate to ours (stderr) instead.
         config = uvicorn.Config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -142,13 +143,37 @@ def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Servic
             "unsupported field\\(s\\) temprature",
         ),
         ({"model": "tiny", "messages": ASK, "routing_key": "x" * 300}, "routing_key"),
+        ({"model": "tiny", "messages": ASK, "n": True}, "only n=1"),
+        ({"model": "tiny", "messages": ASK, "seed": "abc"}, "seed='abc': must be a whole number"),
+        (
+            {
+                "model": "tiny",
+                "messages": ASK,
+                "stream": True,
+                "stream_options": {"include_usage": "no"},
+            },
+            "include_usage",
+        ),
+        (
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": {}}]}],
+            },
+            r"content\[0\].text must be a string",
+        ),
+        (
+            {"model": "tiny", "messages": [{"role": "user", "content": "ok \ud800"}]},
+            r"messages\[0\].content has '\\ud800' at character 3, a lone surrogate",
+        ),
     ],
 )
 def test_bad_requests_get_openai_errors_naming_the_field(
     api: tuple[str, Services], body: dict[str, Any], message: str
 ) -> None:
     base_url, _ = api
-    reply = httpx.post(f"{base_url}/chat/completions", json=body, timeout=60)
+    # json.dumps escapes a lone surrogate as \\ud800, as JavaScript clients send it.
+    raw = json.dumps(body).encode()
+    reply = httpx.post(f"{base_url}/chat/completions", content=raw, timeout=60)
     assert reply.status_code in (400, 404), reply.text
     error = reply.json()["error"]
     assert error["type"] in ("invalid_request_error", "not_found_error")
@@ -235,3 +260,46 @@ async def test_a_deployment_made_over_mcp_answers_openai_clients_in_the_same_ser
         metrics = json.loads(found.contents[0].text)  # type: ignore[union-attr]
         assert metrics["live"]["count"] == 12, metrics
     assert metrics["live"]["errors"] == 0, metrics
+
+
+def test_a_stream_the_client_abandons_frees_the_engine_and_is_recorded(
+    api: tuple[str, Services],
+) -> None:
+    base_url, services = api
+    body = {"model": "tiny", "messages": ASK, "max_tokens": 2000, "temperature": 1, "stream": True}
+    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=60) as reply:
+        for number, _ in enumerate(reply.iter_lines()):
+            if number == 3:
+                break  # leave after the first pieces of text
+    after = client(base_url).chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        max_tokens=3,  # type: ignore[arg-type]
+    )
+    assert after.usage is not None and after.usage.completion_tokens >= 1
+
+    services.telemetry.flush()
+    with closing(sqlite3.connect(services.workspace.registry_path)) as db:
+        rows = db.execute("SELECT error, completion_tokens FROM queries ORDER BY id").fetchall()
+    assert len(rows) == 2, rows
+    (error, tokens), answered = rows
+    assert answered[0] is None
+    # The tiny random model samples from ~49k tokens at temperature 1: it almost never ends a
+    # 2,000-token answer by itself within the moment the client stays.
+    assert error is not None and error.startswith("abandoned"), rows
+    assert tokens < 2000
+
+
+def test_more_callers_than_worker_threads_all_get_answers(api: tuple[str, Services]) -> None:
+    """Callers waiting for a busy engine must not starve the one that holds it."""
+    base_url, _ = api
+
+    async def ask_all() -> list[int]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            body = {"model": "tiny", "messages": ASK, "max_tokens": 4, "temperature": 0}
+            replies = await asyncio.gather(
+                *(http.post(f"{base_url}/chat/completions", json=body) for _ in range(60))
+            )
+        return [reply.status_code for reply in replies]
+
+    assert asyncio.run(ask_all()) == [200] * 60

@@ -336,7 +336,7 @@ def _register_version(
     logger.info(
         "model version %s (%s) exported from run %s to %s", version_id, kind, run["id"], out
     )
-    return row
+    return services.registry.get("model_versions", version_id, "model version")
 
 
 def _write_gguf(base_gguf: Path, source: Path, folder: Path, format: str, dtype: str) -> Path:
@@ -403,9 +403,20 @@ def route_query(
     if deployment is None:
         target = resolve_model(services, ref)
         if target.kind == "run":
+            exported = [
+                row["id"]
+                for row in services.registry.rows(
+                    "model_versions", "run_id = ?", [ref], order_by="created_at"
+                )
+            ]
+            if exported:
+                raise InvalidInputError(
+                    f"a run is not served itself: query its model version "
+                    f"({', '.join(exported)}) or a deployment that routes to it"
+                )
             raise InvalidInputError(
-                f"run {ref} has no GGUF to serve yet: deploy it, then query the deployment "
-                "or its model version (mv-...)"
+                f"run {ref} has no GGUF to serve yet: export_model or deploy it, then query "
+                "the model version (mv-...) or the deployment"
             )
         return target
     revision = deployment["revision"]

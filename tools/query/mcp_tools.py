@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 from mcp.server.mcpserver import MCPServer
+from pydantic import Field
 
 from turing.server.services import Services
 from turing.tools.errors import InvalidInputError
 from turing.tools.query import serve, telemetry, traffic_metrics
 
+# Numbers as JSON gives them: no booleans and no numeric strings (a float field takes ints).
+WholeNumber = Annotated[int, Field(strict=True)]
+Number = Annotated[float, Field(strict=True)]
+
 
 def register(app: MCPServer, services: Services) -> None:
     """Declare the query tools on the app."""
+    # Queries waiting for a busy engine hold worker threads; a limiter of their own keeps them
+    # from starving the other tools (anyio's default pool has 40 threads).
+    threads = anyio.CapacityLimiter(serve.QUERY_THREADS)
 
     @app.tool()
     async def query_model(
         model: str,
         messages: list[dict[str, Any]],
-        max_tokens: int = 256,
-        temperature: float = 0.0,
+        max_tokens: WholeNumber = 256,
+        temperature: Number = 0.0,
         routing_key: str | None = None,
-        top_p: float = 1.0,
+        top_p: Number = 1.0,
         stop: list[str] | None = None,
     ) -> dict[str, Any]:
         """Ask a deployed model (or a model version or base model) and get its answer.
@@ -55,14 +63,15 @@ def register(app: MCPServer, services: Services) -> None:
             routing_key,
             top_p,
             stop,
+            limiter=threads,
         )
 
     @app.tool()
     async def set_pricing(
         deployment: str,
-        price_per_1k_tokens: float,
+        price_per_1k_tokens: Number,
         replaced_model: str | None = None,
-        replaced_price_per_1k_tokens: float = 0.0,
+        replaced_price_per_1k_tokens: Number = 0.0,
         reason: str = "",
         actor: str = "",
     ) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def register(app: MCPServer, services: Services) -> None:
         metric: str,
         revision: int | None = None,
         since: str | None = None,
-        confidence: float = 0.95,
+        confidence: Number = 0.95,
     ) -> dict[str, Any]:
         """A/B test: compare the routes of a deployment revision on one metric, with a
         significance test of each challenger against the champion.

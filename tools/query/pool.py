@@ -318,11 +318,14 @@ class EnginePool:
         return sum(entry.cost_mb for entry in held)
 
     def stats(self) -> list[dict[str, Any]]:
-        """Describe each loaded engine: files, memory, use and load, most recently used first."""
+        """Describe each loaded engine: files, memory, use and load, most recently used first;
+        then the unloaded engines still finishing their requests ("retiring": true)."""
         with self._lock:
             self._reap()
             entries = list(reversed(self._entries.values()))
-        return [_entry_stats(entry) for entry in entries]
+            retiring = list(self._retiring)
+        found = [_entry_stats(entry) | {"retiring": False} for entry in entries]
+        return found + [_entry_stats(entry) | {"retiring": True} for entry in retiring]
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Close every engine, waiting up to `timeout` seconds for each running generation."""

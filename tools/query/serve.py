@@ -8,6 +8,7 @@ API share this path: `open_query` starts an answer, iterating it streams the tex
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("system", "user", "assistant")
 MAX_TOKENS_LIMIT = 2048
+# Worker threads a transport may use for queries. Callers waiting for a busy engine each hold
+# one; engines bound their own lines (TURING_ENGINE_QUEUE), so this only needs to exceed them.
+QUERY_THREADS = 512
 MAX_STOP_STRINGS = 4
 MAX_STOP_LENGTH = 64
 SHADOW_DROPPED = "shadow copy dropped: the mirror queue was full"
@@ -92,20 +96,15 @@ def open_query(
 ) -> Answer:
     """Route a query and start answering it; blocking, so call it off the event loop.
 
-    Raises a bad request, an unknown model, a prompt too long for the context or a busy
-    engine here, before any text is generated; each is recorded against the model it named.
+    Raises a malformed request or an unknown model before routing (nothing is recorded: no
+    version was involved), and a prompt too long for the routed model's context or a busy
+    engine before any text is generated (recorded against that version).
     """
+    check_messages(messages)
+    sampling.check()
     check_routing_key(routing_key)
     target = route_query(services, model, routing_key)
-    key = key_digest(routing_key)
-    try:
-        check_messages(messages)
-        sampling.check()
-    except InvalidInputError as exc:
-        # A refused request still counts against the endpoint's error rate.
-        _record(services, target, None, 0.0, exc, key, messages=None, transport=transport)
-        raise
-    return Answer(services, target, messages, sampling, key, transport)
+    return Answer(services, target, messages, sampling, key_digest(routing_key), transport)
 
 
 class Answer:
@@ -136,7 +135,9 @@ class Answer:
         self._transport = transport
         self._shadow = shadow
         self._started = time.perf_counter()
+        self._first_piece_at: float | None = None
         self._ended = False
+        self._recorded: Any = None
         try:
             self._stream = _open_stream(services, target, messages, sampling)
         except TuringError as exc:
@@ -148,24 +149,27 @@ class Answer:
 
     def __next__(self) -> str:
         try:
-            return next(self._stream)
+            piece: str = next(self._stream)
         except StopIteration:
             self._end(None, self._stream.completion)
             raise
         except TuringError as exc:
             self._end(exc, self._stream.completion)
             raise
+        self._first_piece_at = self._first_piece_at or time.perf_counter()
+        return piece
 
     @property
     def completion(self) -> Any:
-        """The finished Completion (text, token counts, timings); None before the end."""
-        return self._stream.completion
+        """The finished Completion: text, token counts, finish reason, and the latency and time
+        to first token the caller saw (waiting for the engine included)."""
+        return self._recorded
 
     def finish(self) -> Any:
         """Generate the rest of the answer and return the Completion."""
         for _ in self:
             pass
-        return self._stream.completion
+        return self._recorded
 
     def close(self) -> None:
         """Stop generating (the caller went away) and free the engine; recorded as abandoned."""
@@ -175,7 +179,7 @@ class Answer:
 
     def describe(self) -> dict[str, Any]:
         """The reply as query_model returns it: text, who answered, timings, token counts."""
-        completion = self._stream.completion
+        completion = self._recorded
         target = self.target
         return {
             "text": completion.text,
@@ -197,6 +201,15 @@ class Answer:
             return
         self._ended = True
         elapsed = (time.perf_counter() - self._started) * 1000
+        if completion is not None:
+            # Timings as the caller saw them: from the request to its first piece of text and
+            # to its end, waiting in the engine's line included.
+            first = self._first_piece_at
+            first_ms = (first - self._started) * 1000 if first else elapsed
+            completion = dataclasses.replace(
+                completion, latency_ms=elapsed, time_to_first_token_ms=first_ms
+            )
+        self._recorded = completion
         _record(
             self._services,
             self.target,
@@ -208,7 +221,8 @@ class Answer:
             messages=self._messages,
             transport=self._transport,
         )
-        if not self._shadow:
+        if not self._shadow and not isinstance(error, InvalidInputError):
+            # A request the live route refused (e.g. too long) is not worth a shadow's time.
             for version_id in self.target.shadows:
                 _mirror(
                     self._services,
@@ -303,8 +317,17 @@ def check_messages(messages: list[dict[str, Any]]) -> None:
             raise InvalidInputError(
                 f"messages[{index}].role={role!r}: allowed roles are {', '.join(ROLES)}"
             )
-        if not isinstance(message.get("content"), str):
+        content = message.get("content")
+        if not isinstance(content, str):
             raise InvalidInputError(f"messages[{index}].content must be a string")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = content[exc.start : exc.end]
+            raise InvalidInputError(
+                f"messages[{index}].content has {bad!r} at character {exc.start}, a lone "
+                "surrogate that is not valid Unicode text; send UTF-8 text"
+            ) from None
     if messages[-1]["role"] == "assistant":
         raise InvalidInputError("the last message is from the assistant; end with a user message")
 

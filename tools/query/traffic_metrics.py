@@ -30,6 +30,7 @@ from turing.tools.query.telemetry import get_pricing
 VALUE_METRICS = ("latency_ms", "ttft_ms", "tokens_in", "tokens_out", "decode_tokens_per_s", "cost")
 # Shares of queries compared with Fisher's exact test.
 RATE_METRICS = ("error_rate", "pii_rate")
+REFUSED_ERROR_TYPE = "InvalidInputError"  # the caller's input, refused by the routed model
 COMPARABLE_METRICS = VALUE_METRICS + RATE_METRICS
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -184,17 +185,21 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Count, errors, latency and time-to-first-token percentiles, tokens, speed, cost, PII.
 
     Latency and time to first token are over answered queries (a refusal's time says nothing
-    of the model's speed); errors and error_rate are over all of them. decode_tokens_per_s is
+    of the model's speed); errors and error_rate are over all of them. `refused` counts the
+    caller's mistakes that reached a model (a prompt too long for its context): they are in
+    errors_by_type but not in errors, so they do not count against a version. decode_tokens_per_s is
     the tokens after the first over the time after the first, summed over answered queries.
     """
     answered = [row for row in rows if row["error"] is None]
-    errors = len(rows) - len(answered)
+    refused = sum(1 for row in rows if _refused(row))
+    errors = len(rows) - len(answered) - refused
     cost = sum(row["cost"] or 0.0 for row in rows)
     replaced = sum(row["replaced_cost"] or 0.0 for row in rows)
     flagged = [row["pii"] for row in answered if row["pii"]]
     return {
         "count": len(rows),
         "answered": len(answered),
+        "refused": refused,
         "errors": errors,
         "error_rate": _round(errors / len(rows), 6) if rows else None,
         "errors_by_type": dict(
@@ -227,7 +232,12 @@ def parse_since(since: str | None) -> str | None:
     duration = DURATION.match(text)
     if duration:
         amount, unit = float(duration.group(1)), duration.group(2)
-        moment = datetime.now(UTC) - timedelta(**{DURATION_UNITS[unit]: amount})
+        try:
+            moment = datetime.now(UTC) - timedelta(**{DURATION_UNITS[unit]: amount})
+        except (OverflowError, ValueError):
+            raise InvalidInputError(
+                f"since={since!r} reaches back before the year 1; give a shorter duration"
+            ) from None
     else:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -368,6 +378,11 @@ def _percentiles(values: list[float], levels: tuple[int, ...]) -> dict[str, floa
     }
 
 
+def _refused(row: dict[str, Any]) -> bool:
+    """Whether a query failed on the caller's input rather than on the model or the server."""
+    return row["error"] is not None and row["error_type"] == REFUSED_ERROR_TYPE
+
+
 def _decode_seconds(row: dict[str, Any]) -> float | None:
     """Seconds spent on the tokens after the first, or None when there were none."""
     tokens, ttft = row["completion_tokens"], row["time_to_first_token_ms"]
@@ -407,7 +422,8 @@ _VALUE_OF: dict[str, Callable[[dict[str, Any]], float | None]] = {
 def _samples(metric: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """A route's per-query values (value metrics) or its hits and rows (rate metrics)."""
     if metric == "error_rate":
-        return {"hits": sum(1 for row in rows if row["error"] is not None), "n": len(rows)}
+        failed = sum(1 for row in rows if row["error"] is not None and not _refused(row))
+        return {"hits": failed, "n": len(rows)}
     answered = [row for row in rows if row["error"] is None]
     if metric == "pii_rate":
         return {"hits": sum(1 for row in answered if row["pii"]), "n": len(answered)}
