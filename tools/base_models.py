@@ -77,8 +77,10 @@ def register_base_model(
             f"base model name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "not starting with run-, mv-, ev- or ds-"
         )
-    if services.registry.find("base_models", name) or services.registry.find("deployments", name):
+    if services.registry.find("base_models", name):
         raise InvalidInputError(f"a base model named {name!r} is already registered")
+    if services.registry.find("deployments", name):
+        raise InvalidInputError(f"{name!r} is a deployment's name; give the base model another")
 
     architecture = read_architecture(path)
     if architecture not in SUPPORTED_ARCHITECTURES:

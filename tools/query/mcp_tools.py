@@ -121,7 +121,8 @@ def register(app: MCPServer, services: Services) -> None:
 
         Args:
             deployment: A deployment name.
-            version_id: A model version id (mv-...) or base model name.
+            version_id: A model version id (mv-...), an alias (deployment@alias) or a base
+                model name.
             since: Only queries from this time on: ISO 8601 (e.g. 2026-12-05T09:00:00Z) or a
                 duration back from now (e.g. "15m", "24h", "7d"). Omit for all time.
             revision: For a deployment, the revision whose routes are broken out; the

@@ -96,6 +96,10 @@ def version_metrics(
         NotFoundError: No such model version or base model, and no query recorded for the name.
         InvalidInputError: A bad `since`.
     """
+    from turing.tools.deploy import aliases
+
+    if aliases.is_reference(version_id):
+        version_id = aliases.resolve_reference(services, version_id)
     start = parse_since(since)
     rows = _query_rows(services, "version_id = ?", [version_id], start)
     known = services.registry.find("model_versions", version_id) or services.registry.find(
