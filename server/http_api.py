@@ -165,9 +165,11 @@ def create_http_app(services: Services) -> Starlette:
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise InvalidInputError(f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
+    body = b""
+    async for part in request.stream():  # read in parts, so a huge body is refused early
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidInputError(f"request body is over the limit of {MAX_BODY_BYTES} bytes")
     try:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
