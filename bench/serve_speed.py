@@ -2,18 +2,20 @@
 
 Trains two lightly tuned SmolLM2 adapters on the shipped support-ticket sample (a low learning
 rate, so the model still writes long answers and decode speed is measured over many tokens),
-deploys them 50/50 behind one deployment of `turing serve --http`, then measures on the same
-base GGUF and adapter:
+deploys the first behind `turing serve --http`, then measures on the same base GGUF and adapter:
 
 - raw: llama-cpp-python's `Llama.generate` in this process, greedy, the same rendered prompt;
 - mcp: `query_model` through a real MCP stdio client session;
 - http: `/v1/chat/completions` through HTTP, whole answers and streamed.
 
-Requests are interleaved path by path, prompt by prompt, so drift of the machine hits every
-path alike. Reports decode tokens/s (after the first token) and end-to-end p50 latency per
-path as ratios against raw, the added p50 latency on one-token answers (where generation
-hardly varies), and a run of 32 concurrent HTTP clients with the throughput of each engine.
-Exits 1 unless every concurrent request succeeds.
+Paths take turns in blocks (every prompt once), in a rotating order and with a pause between
+blocks, so drift of the machine hits every path alike and one path's llama.cpp threads never
+compete with another's. Reports decode tokens/s (after the first token) and end-to-end p50
+latency per path as ratios against raw, the added p50 latency on one-token answers to short
+prompts (where generation hardly varies), and each path's own overhead: the time its client
+saw minus the time the server measured for the same answer. Then both versions serve 50/50
+and 32 concurrent HTTP clients send 4 requests each; the run reports their throughput in all
+and per engine, and exits 1 unless every request succeeds.
 
 Goals: decode tokens/s >= 95% of raw; added p50 latency <= 2 ms.
 
@@ -52,7 +54,11 @@ PROMPTS = [
     "Describe how to set up two-factor authentication and why it matters.",
     "Write a friendly email telling customers about a new feature.",
 ]
+# One-token answers to short prompts: little prefill, so the time is mostly the path's own.
+SHORT_PROMPTS = ["Hi", "Thanks!", "Hello there", "Good morning", "Yes", "No", "Why?", "OK"]
 DECODE_TOKENS = 128
+PATHS = ["raw", "mcp", "http", "http_stream"]
+PAUSE_S = 1.0
 CONCURRENT_CLIENTS = 32
 REQUESTS_PER_CLIENT = 4
 CONCURRENT_TOKENS = 32
@@ -123,12 +129,16 @@ class RawEngine:
         return timing(started, first or done, done, count)
 
 
-def timing(started: float, first: float, done: float, tokens: int) -> dict[str, Any]:
+def timing(
+    started: float, first: float, done: float, tokens: int, server_ms: float | None = None
+) -> dict[str, Any]:
+    """One request's numbers; server_ms is the answer's time as the server measured it."""
     return {
         "latency_ms": (done - started) * 1000,
         "ttft_ms": (first - started) * 1000,
         "tokens": tokens,
         "decode_s": done - first,
+        "overhead_ms": (done - started) * 1000 - server_ms if server_ms is not None else None,
     }
 
 
@@ -143,7 +153,7 @@ async def over_mcp(session: Session, prompt: str, max_tokens: int) -> dict[str, 
     )
     done = time.perf_counter()
     first = started + reply["time_to_first_token_ms"] / 1000
-    return timing(started, first, done, reply["completion_tokens"])
+    return timing(started, first, done, reply["completion_tokens"], reply["latency_ms"])
 
 
 async def over_http(
@@ -161,10 +171,12 @@ async def over_http(
         reply = (await http.post(f"{base_url}/chat/completions", json=body)).json()
         done = time.perf_counter()
         first = started + reply["turing"]["time_to_first_token_ms"] / 1000
-        return timing(started, first, done, reply["usage"]["completion_tokens"])
+        tokens = reply["usage"]["completion_tokens"]
+        return timing(started, first, done, tokens, reply["turing"]["latency_ms"])
     body.update(stream=True, stream_options={"include_usage": True})
     first = None
     usage: dict[str, Any] = {}
+    server_ms = None
     async with http.stream("POST", f"{base_url}/chat/completions", json=body) as reply:
         async for line in reply.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -173,38 +185,53 @@ async def over_http(
             if event.get("choices") and event["choices"][0]["delta"].get("content"):
                 first = first or time.perf_counter()
             usage = event.get("usage") or usage
+            server_ms = event.get("turing", {}).get("latency_ms", server_ms)
     done = time.perf_counter()
-    return timing(started, first or done, done, usage.get("completion_tokens", 0))
+    return timing(started, first or done, done, usage.get("completion_tokens", 0), server_ms)
 
 
 def summarise(samples: list[dict[str, Any]]) -> dict[str, float]:
     decode = [
         (s["tokens"] - 1) / s["decode_s"] for s in samples if s["tokens"] > 1 and s["decode_s"]
     ]
+    overheads = [s["overhead_ms"] for s in samples if s["overhead_ms"] is not None]
     return {
         "requests": len(samples),
         "p50_latency_ms": statistics.median(s["latency_ms"] for s in samples),
         "p50_ttft_ms": statistics.median(s["ttft_ms"] for s in samples),
         "decode_tokens_per_s": statistics.median(decode) if decode else 0.0,
         "mean_tokens": statistics.fmean(s["tokens"] for s in samples),
+        "p50_overhead_ms": statistics.median(overheads) if overheads else 0.0,
     }
 
 
 async def measure_paths(
-    session: Session, base_url: str, raw: RawEngine, rounds: int, max_tokens: int
+    session: Session,
+    base_url: str,
+    raw: RawEngine,
+    rounds: int,
+    max_tokens: int,
+    prompts: list[str],
 ) -> dict[str, dict[str, float]]:
-    samples: dict[str, list[dict[str, Any]]] = {"raw": [], "mcp": [], "http": [], "http_stream": []}
+    samples: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
     async with httpx.AsyncClient(timeout=300) as http:
+        ask = {
+            "raw": lambda prompt: asyncio.to_thread(raw.answer, prompt, max_tokens),
+            "mcp": lambda prompt: over_mcp(session, prompt, max_tokens),
+            "http": lambda prompt: over_http(http, base_url, prompt, max_tokens, False),
+            "http_stream": lambda prompt: over_http(http, base_url, prompt, max_tokens, True),
+        }
         for round_index in range(rounds + 1):  # round 0 warms every path up
-            for prompt in PROMPTS:
-                found = {
-                    "raw": await asyncio.to_thread(raw.answer, prompt, max_tokens),
-                    "mcp": await over_mcp(session, prompt, max_tokens),
-                    "http": await over_http(http, base_url, prompt, max_tokens, False),
-                    "http_stream": await over_http(http, base_url, prompt, max_tokens, True),
-                }
-                if round_index:
-                    for path, sample in found.items():
+            # Paths take turns by blocks of all prompts, in a rotating order, with a pause
+            # between blocks: the raw engine (in this process) and the server's engines are
+            # two llama.cpp thread pools on the same cores, and a pool still spinning after
+            # its last request would slow the next block down.
+            order = PATHS[round_index % len(PATHS) :] + PATHS[: round_index % len(PATHS)]
+            for path in order:
+                await asyncio.sleep(PAUSE_S)
+                for prompt in prompts:
+                    sample = await ask[path](prompt)
+                    if round_index:
                         samples[path].append(sample)
     return {path: summarise(found) for path, found in samples.items()}
 
@@ -261,8 +288,8 @@ async def main(home: Path, out: Path | None, rounds: int) -> int:
         base = next(b for b in models["base_models"] if b["name"] == row["base_model"])
         raw = RawEngine(base["gguf_path"], row["gguf_path"])
         log(f"measuring {rounds} rounds of {len(PROMPTS)} prompts on every path")
-        decode = await measure_paths(session, base_url, raw, rounds, DECODE_TOKENS)
-        short = await measure_paths(session, base_url, raw, rounds, 1)
+        decode = await measure_paths(session, base_url, raw, rounds, DECODE_TOKENS, PROMPTS)
+        short = await measure_paths(session, base_url, raw, rounds, 1, SHORT_PROMPTS)
         raw.llm.close()
 
         await session.call(
@@ -326,6 +353,7 @@ def build_report(
             "added_p50_ms_one_token": round(
                 short[path]["p50_latency_ms"] - short["raw"]["p50_latency_ms"], 2
             ),
+            "transport_overhead_p50_ms": round(short[path]["p50_overhead_ms"], 2),
         }
     return {
         "decode": decode,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_model import build_tiny_base, smollm2_gguf, tiny_llama_config
+from tests.tiny_model import smollm2_gguf, tiny_llama_config
 from turing.tools.deploy.gguf_export import export_model_gguf
 from turing.tools.errors import ConflictError, InvalidInputError
 
@@ -35,20 +35,6 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_gguf: Path) -> Iterator[Any]:
-    from turing.tools.query.engine import Engine
-
-    engine = Engine(tiny_gguf, n_ctx=256, n_threads=1)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.tiny_model import build_tiny_base, smollm2_gguf
+from tests.tiny_model import smollm2_gguf
 from tests.tools.test_engine import build_emitter_model, llama_cpp_importable
 from turing.tools.deploy.gguf_export import export_model_gguf
 from turing.tools.errors import BusyError, ConflictError, InvalidInputError
@@ -30,20 +30,6 @@ COLOURS = [{"role": "user", "content": "Name three colours."}]
 
 
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_gguf: Path) -> Iterator[Any]:
-    from turing.tools.query.engine import Engine
-
-    engine = Engine(tiny_gguf, n_ctx=256, n_threads=1)
-    yield engine
-    engine.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ The model card is the same facts in Markdown for a person, with intended use and
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools.deploy import aliases
 from turing.tools.deploy.routing import parse_stored
+from turing.tools.deploy.versions import file_sha256
 from turing.tools.errors import InvalidInputError
 from turing.tools.evals.evals import get_eval
 from turing.tools.evals.gates import SAFETY_METRICS
@@ -131,7 +131,7 @@ def find_checkpoint(version: dict[str, Any], run: dict[str, Any]) -> dict[str, A
     kept = Path(version["gguf_path"]).parent / KEPT_WEIGHTS
     if not kept.is_file():
         return None
-    digest = _sha256(kept)
+    digest = file_sha256(kept)
     for manifest in checkpoints.list_checkpoints(Path(run["folder"])):
         entry = manifest.get("files", {}).get(KEPT_WEIGHTS.name) or {}
         if entry.get("sha256") == digest:
@@ -461,11 +461,3 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

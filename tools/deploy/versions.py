@@ -298,7 +298,7 @@ def _register_version(
     An adapter export's id is the weights' hash (as it always was); a merged export's id
     hashes the weights' hash with its format, so each (weights, format, dtype) is one version.
     """
-    weights_sha = _sha256(source / "adapter_model.safetensors")
+    weights_sha = file_sha256(source / "adapter_model.safetensors")
     kind = ADAPTER_FORMAT if format == "adapter" else f"{MERGED_FORMAT_PREFIX}{dtype}"
     if format == "adapter":
         version_id = "mv-" + weights_sha[:12]
@@ -326,7 +326,7 @@ def _register_version(
             "base_model": base["name"],
             "format": kind,
             "gguf_path": str(out),
-            "sha256": _sha256(out),
+            "sha256": file_sha256(out),
             "created_at": utc_now(),
         }
         try:
@@ -514,7 +514,8 @@ def check_deployment_name(name: str) -> None:
         )
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -401,14 +401,7 @@ class Engine:
         top_p: float = 1.0,
         stop: list[str] | None = None,
     ) -> Completion:
-        """Generate the assistant's next turn for a conversation.
-
-        Args:
-            messages: Chat messages ({"role", "content"}), ending with the user's turn.
-            max_tokens: Most tokens to generate; fewer when the context window runs out.
-            temperature: 0 for greedy decoding; higher samples more freely.
-            top_p: Nucleus sampling mass when temperature > 0, in (0, 1].
-            stop: Extra strings that end the answer; they are not included in it.
+        """Generate the assistant's next turn for a conversation: `stream` read to its end.
 
         Returns:
             The answer text (without template tokens), token counts and timings.
