@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 
 from tests.server.test_deployments import two_versions
 from turing.server.http_api import HttpServer, check_bind_host, parse_chat_request
-from turing.server.quickstart import Session, server_parameters
+from turing.server.quickstart import LifecycleError, Session, server_parameters
 from turing.server.services import Services
 from turing.server.workspace import Workspace
 from turing.tools.base_models import register_base_model
@@ -255,6 +255,10 @@ async def test_a_deployment_made_over_mcp_answers_openai_clients_in_the_same_ser
                 assert first.headers["x-turing-revision"] == "2"
                 seen.add(version)
             assert seen <= {a, b}
+
+        for bad in ({"max_tokens": "5"}, {"temperature": True}, {"max_tokens": 2.5}):
+            with pytest.raises(LifecycleError, match="validation error"):
+                await session.call("query_model", model="triage", messages=ASK, **bad)
 
         found = await session.client.read_resource("turing://deployments/triage/metrics")
         metrics = json.loads(found.contents[0].text)  # type: ignore[union-attr]
