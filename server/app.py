@@ -34,7 +34,11 @@ champion, paired tests, the verdict) -> deploy(model=<version_id>, deployment) -
 (model=<deployment>). deploy refuses a version without a passing verdict unless given a
 force_reason, which the audit trail keeps. Traffic: canary (a percentage to a new version),
 promote, rollback, set_routes (weighted A/B and shadow routes; query_model's routing_key keeps a
-caller on one route). Long work returns an id at once; wait or poll for its status. A failed or
+caller on one route). A model is named by a deployment, a version (mv-...), an alias
+(deployment@champion, deployment@challenger or one made with set_alias) or a base model.
+get_lineage and turing://models/{id}/card trace a version from its data to its deployments;
+set_pricing, get_metrics and compare_routes read the traffic (latency, errors, tokens, cost,
+savings, A/B tests). Long work returns an id at once; wait or poll for its status. A failed or
 cancelled run continues with resume_run.
 """
 
