@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP edge: `/v1/chat/completions` (streaming too) and `/v1/models`.
+"""The OpenAI-compatible HTTP edge: `/v1/chat/completions` (streaming too) and `/v1/models`,
+with the query counters for Prometheus at `/metrics`.
 
 Any OpenAI client (the official `openai` package, agent SDKs, curl) can use a deployment, a
 model version or a base model by name. Requests take the same path as the MCP `query_model`
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 ROUTING_HEADER = "x-turing-routing-key"
 PULL_PIECES = 16  # pieces generated between checks that a non-streaming client is still there
 MAX_BODY_BYTES = 4 << 20
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # the text exposition format
 ROLE_ALIASES = {"developer": "system"}  # OpenAI's newer name for the system role
 
 # Fields a chat completion request may carry. The ones Turing cannot honour are refused by
@@ -154,12 +156,19 @@ def create_http_app(services: Services) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def metrics(request: Request) -> Response:
+        from turing.tools.query.traffic_metrics import prometheus_text
+
+        text = await anyio.to_thread.run_sync(prometheus_text, services, limiter=threads)
+        return Response(text, media_type=PROMETHEUS_TYPE)
+
     return Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", get_model, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ]
     )
 

@@ -98,6 +98,18 @@ def test_chat_completion_and_its_stream_give_the_same_greedy_text(
         rows = db.execute("SELECT version_id, error, transport FROM queries").fetchall()
     assert rows == [("tiny", None, "http"), ("tiny", None, "http")]
 
+    scraped = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30)
+    assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = dict(
+        line.rsplit(" ", 1) for line in scraped.text.splitlines() if not line.startswith("#")
+    )
+    live = '{deployment="",version="tiny",traffic="live"}'
+    assert samples["turing_queries_total" + live] == "2"
+    assert samples["turing_completion_tokens_total" + live] == str(
+        2 * answer.usage.completion_tokens
+    )
+    assert "# TYPE turing_queries_total counter" in scraped.text
+
 
 def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Services]) -> None:
     base_url, _ = api
