@@ -502,7 +502,7 @@ def check_bind_host(host: str) -> None:
         loopback = host == "localhost"
     if not loopback:
         raise InvalidInputError(
-            f"--http host {host!r} is not a loopback address; the HTTP API has no "
+            f"host {host!r} is not a loopback address; the HTTP API has no "
             "authentication, so it listens on 127.0.0.1, ::1 or localhost only"
         )
 
