@@ -347,15 +347,16 @@ async def _finish_unless_gone(
     def pull() -> bool:  # True once the answer has ended
         return any(next(answer, None) is None for _ in range(PULL_PIECES))
 
+    finished = False
     try:
-        while not await anyio.to_thread.run_sync(pull, limiter=threads):
+        while not (finished := await anyio.to_thread.run_sync(pull, limiter=threads)):
             if await request.is_disconnected():
-                await anyio.to_thread.run_sync(answer.close, limiter=threads)
-                return False
+                break
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(answer.close, limiter=threads)
-    return True
+        if not finished:  # the client left, or this request was cancelled: end it anyway
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(answer.close, limiter=threads)
+    return finished
 
 
 async def _event_stream(

@@ -40,6 +40,17 @@ async def two_versions(session: Session, tmp_path: Path, tiny_base: Path) -> tup
     return found[0], found[1], dataset["dataset_id"]
 
 
+async def ab_deployment(
+    session: Session, tmp_path: Path, tiny_base: Path, **options: Any
+) -> tuple[str, str]:
+    """Deployment "triage" at revision 2: two tiny-model versions (returned) at 50/50."""
+    a, b, _ = await two_versions(session, tmp_path, tiny_base)
+    await session.call("deploy", model=a, deployment="triage")
+    routes = [{"version_id": a, "weight": 50}, {"version_id": b, "weight": 50}]
+    await session.call("set_routes", deployment="triage", routes=routes, **options)
+    return a, b
+
+
 async def audit_trail(session: Session, deployment: str) -> list[dict[str, Any]]:
     found = await session.client.read_resource(f"turing://deployments/{deployment}/audit")
     return json.loads(found.contents[0].text)  # type: ignore[union-attr]

@@ -17,7 +17,7 @@ import openai
 import pytest
 from mcp import Client, StdioServerParameters
 
-from tests.server.test_deployments import two_versions
+from tests.server.test_deployments import ab_deployment
 from turing.server.http_api import HttpServer, check_bind_host, parse_chat_request
 from turing.server.quickstart import LifecycleError, Session, server_parameters
 from turing.server.services import Services
@@ -242,13 +242,7 @@ async def test_a_deployment_made_over_mcp_answers_openai_clients_in_the_same_ser
     )
     async with Client(parameters) as mcp_client:
         session = Session(mcp_client)
-        a, b, _ = await two_versions(session, tmp_path, tiny_base)
-        await session.call("deploy", model=a, deployment="triage")
-        await session.call(
-            "set_routes",
-            deployment="triage",
-            routes=[{"version_id": a, "weight": 50}, {"version_id": b, "weight": 50}],
-        )
+        a, b = await ab_deployment(session, tmp_path, tiny_base)
         base_url = f"http://127.0.0.1:{port}/v1"
         async with httpx.AsyncClient(timeout=60) as http:
             models = (await http.get(f"{base_url}/models")).json()["data"]

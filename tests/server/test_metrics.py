@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from tests.server.test_deployments import ASK, two_versions
+from tests.server.test_deployments import ASK, ab_deployment
 from turing.server.quickstart import LifecycleError, Session, server_parameters
 
 pytestmark = pytest.mark.anyio
@@ -38,13 +38,8 @@ async def test_queries_are_measured_priced_and_compared_between_routes(
     parameters.env = {**(parameters.env or {}), "TURING_TELEMETRY_FLUSH_S": "60"}
     async with Client(parameters) as client:
         session = Session(client)
-        a, b, _ = await two_versions(session, tmp_path, tiny_base)
-        await session.call("deploy", model=a, deployment="triage")
-        await session.call(
-            "set_routes",
-            deployment="triage",
-            routes=[{"version_id": a, "weight": 50}, {"version_id": b, "weight": 50}],
-            reason="A/B of the two learning rates",
+        a, b = await ab_deployment(
+            session, tmp_path, tiny_base, reason="A/B of the two learning rates"
         )
 
         unpriced = await session.call("get_metrics", deployment="triage")

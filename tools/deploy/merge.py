@@ -16,6 +16,7 @@ from typing import Any
 
 from turing.tools.deploy.gguf_export import EXPORT_DTYPES, check_mergeable_adapter
 from turing.tools.errors import InvalidInputError, TuringError
+from turing.tools.settings import number_setting
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ MERGED_DTYPES = ("f16", "q8_0")
 # minute on two cores; larger bases take longer.
 DEFAULT_MERGE_TIMEOUT_S = 1800.0
 TIMEOUT_SETTING = "TURING_MERGE_TIMEOUT_S"
+MIN_MERGE_TIMEOUT_S = 0.001
 
 
 def export_merged(
@@ -77,18 +79,7 @@ def export_merged(
 
 def merge_timeout() -> float:
     """Seconds a merge may take: the TURING_MERGE_TIMEOUT_S setting, else 1800."""
-    configured = os.environ.get(TIMEOUT_SETTING, "").strip()
-    if not configured:
-        return DEFAULT_MERGE_TIMEOUT_S
-    try:
-        seconds = float(configured)
-    except ValueError:
-        seconds = 0.0
-    if not seconds > 0:
-        raise InvalidInputError(
-            f"{TIMEOUT_SETTING}={configured!r}: give a positive number of seconds"
-        )
-    return seconds
+    return number_setting(TIMEOUT_SETTING, DEFAULT_MERGE_TIMEOUT_S, minimum=MIN_MERGE_TIMEOUT_S)
 
 
 def _run_child(job: dict[str, Any], timeout_s: float) -> None:

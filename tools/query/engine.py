@@ -24,6 +24,7 @@ import numpy as np
 
 from turing.tools.chat import ChatTemplateError, Message, read_chat_template
 from turing.tools.errors import BusyError, ConflictError, InvalidInputError
+from turing.tools.settings import number_setting
 
 logger = logging.getLogger(__name__)
 native_logger = logging.getLogger(__name__ + ".llama_cpp")
@@ -771,24 +772,9 @@ def _route_native_logs(llama_cpp: Any) -> None:
 
 def queue_limit_setting() -> int:
     """How many callers may wait for a busy engine: TURING_ENGINE_QUEUE, default 64."""
-    return int(number_setting(QUEUE_ENV, DEFAULT_QUEUE_LIMIT, integer=True, minimum=0))
+    return int(number_setting(QUEUE_ENV, DEFAULT_QUEUE_LIMIT, minimum=0, integer=True))
 
 
 def wait_seconds_setting() -> float:
     """How long a caller waits for a busy engine: TURING_ENGINE_WAIT_S, default 120 seconds."""
     return number_setting(QUEUE_WAIT_ENV, DEFAULT_WAIT_SECONDS, integer=False, minimum=0.001)
-
-
-def number_setting(name: str, default: float, integer: bool, minimum: float) -> float:
-    """A numeric setting from the environment, or `default` when unset; a bad value is refused."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if integer else float(raw)
-    except ValueError:
-        value = None
-    if value is None or not value >= minimum:
-        kind = "a whole number" if integer else "a number"
-        raise InvalidInputError(f"{name}={raw!r}: must be {kind} of at least {minimum:g}")
-    return value

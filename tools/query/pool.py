@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from turing.tools.errors import BusyError, ConflictError, InvalidInputError
-from turing.tools.query.engine import Engine, number_setting, queue_limit_setting
+from turing.tools.query.engine import Engine, queue_limit_setting
+from turing.tools.settings import number_setting
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import atexit
 import json
 import logging
 import math
-import os
 import queue
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from turing.server.registry import utc_now
 from turing.tools.errors import InvalidInputError
+from turing.tools.settings import number_setting
 
 if TYPE_CHECKING:
     from turing.server.services import Services
@@ -368,19 +368,9 @@ def flush_interval() -> float:
     Raises:
         InvalidInputError: The setting is not a number from 0 to MAX_FLUSH_INTERVAL_S.
     """
-    raw = os.environ.get(FLUSH_INTERVAL_ENV, "").strip()
-    if not raw:
-        return FLUSH_INTERVAL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_FLUSH_INTERVAL_S:
-        raise InvalidInputError(
-            f"{FLUSH_INTERVAL_ENV}={raw!r}: must be a number of seconds from 0 to "
-            f"{MAX_FLUSH_INTERVAL_S:g}, e.g. 0.2"
-        )
-    return value
+    return number_setting(
+        FLUSH_INTERVAL_ENV, FLUSH_INTERVAL_S, minimum=0.0, maximum=MAX_FLUSH_INTERVAL_S
+    )
 
 
 # --- pricing ------------------------------------------------------------------------------
