@@ -210,6 +210,97 @@ def _remote_versions(db: sqlite_utils.Database) -> None:
     versions.add_column("api_key_env", str)  # the environment variable holding its API key
 
 
+def _access_tokens(db: sqlite_utils.Database) -> None:
+    # Bearer tokens of the HTTP transport; only a SHA-256 of each secret is kept.
+    db.table("tokens").create(
+        {
+            "id": str,
+            "name": str,
+            "role": str,  # viewer, operator or admin
+            "project": str,  # the project the token acts in; "*" for every project
+            "secret_sha256": str,
+            "created_at": str,
+            "created_by": str,
+            "revoked_at": str,
+            "last_used_at": str,
+        },
+        pk="id",
+    )
+    db.table("tokens").create_index(["secret_sha256"], unique=True)
+
+
+def _projects_and_environments(db: sqlite_utils.Database) -> None:
+    for table in ("datasets", "runs", "model_versions", "deployments"):
+        db.table(table).add_column("project", str, not_null_default="default")
+        db.table(table).add_column("environment", str, not_null_default="dev")
+    audit = db.table("audit")
+    audit.add_column("actor", str)  # "local" on stdio, else the token's name and id
+    audit.add_column("project", str)
+    audit.add_column("tool", str)  # the MCP tool called, for audited tool calls
+    audit.add_column("arguments", str)  # JSON, secrets masked
+    audit.add_column("result", str)  # "ok" or the error's message
+    audit.create_index(["project", "time"])
+
+
+def _slos_and_incidents(db: sqlite_utils.Database) -> None:
+    db.table("slos").create(
+        {
+            "deployment": str,
+            "max_error_rate": float,
+            "max_p95_latency_ms": float,
+            "max_safety_flag_rate": float,
+            "window_s": int,
+            "min_requests": int,
+            "auto_rollback": int,
+            "updated_at": str,
+            "updated_by": str,
+        },
+        pk="deployment",
+        foreign_keys=[("deployment", "deployments", "name")],
+    )
+    db.table("incidents").create(
+        {
+            "id": int,
+            "time": str,
+            "deployment": str,
+            "version_id": str,
+            "kind": str,  # slo_breach, auto_rollback, kill_switch, kill_lifted
+            "trigger": str,  # what started it: an SLO and its measured value, or a caller
+            "details": str,  # JSON
+            "actor": str,
+        },
+        pk="id",
+    )
+    db.table("incidents").create_index(["deployment", "time"])
+    db.table("killed_versions").create(
+        {"version_id": str, "reason": str, "actor": str, "killed_at": str},
+        pk="version_id",
+    )
+
+
+def _query_log(db: sqlite_utils.Database) -> None:
+    # Opt-in per deployment: the text of answered queries, PII-redacted before it is stored.
+    db.table("query_logging").create(
+        {"deployment": str, "enabled": int, "updated_at": str, "updated_by": str},
+        pk="deployment",
+    )
+    db.table("query_log").create(
+        {
+            "query_id": int,  # the row in queries
+            "deployment": str,
+            "version_id": str,
+            "messages": str,  # JSON, redacted
+            "answer": str,  # redacted
+            "redactions": str,  # comma-separated kinds of PII removed; NULL: none
+            "rating": int,  # feedback: 1 good, -1 bad, NULL none
+            "correction": str,  # a better answer given as feedback
+            "created_at": str,
+        },
+        pk="query_id",
+    )
+    db.table("query_log").create_index(["deployment", "created_at"])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _initial_schema),
     (2, "dataset lineage: base model, tokenizer fingerprint, max_seq_len", _dataset_lineage),
@@ -219,4 +310,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (6, "query telemetry (cost, PII, transport, error type) and pricing", _query_telemetry),
     (7, "model version aliases and their history", _model_aliases),
     (8, "remote model versions served by OpenAI-compatible servers", _remote_versions),
+    (9, "bearer tokens of the HTTP transport", _access_tokens),
+    (10, "projects, environments and audited tool calls", _projects_and_environments),
+    (11, "SLOs, incidents and the kill switch", _slos_and_incidents),
+    (12, "opt-in query log for the feedback loop", _query_log),
 ]

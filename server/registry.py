@@ -18,7 +18,18 @@ from turing.tools.errors import NotFoundError
 logger = logging.getLogger(__name__)
 
 # Columns stored as JSON text and decoded on the way out.
-JSON_COLUMNS = {"options", "report", "params", "result", "routes", "request", "spec", "details"}
+JSON_COLUMNS = {
+    "options",
+    "report",
+    "params",
+    "result",
+    "routes",
+    "request",
+    "spec",
+    "details",
+    "arguments",
+    "messages",
+}
 
 
 def utc_now() -> str:
