@@ -10,6 +10,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
+from turing.server.containment import workspace_path
 from turing.server.jobs import LOG_NAME, tail_text
 from turing.server.services import Services
 from turing.tools import audit, jobs
@@ -29,12 +30,12 @@ def register(app: MCPServer, services: Services) -> None:
     @app.resource("turing://runs/{run_id}/log", mime_type="text/plain")
     def run_log(run_id: str) -> str:
         """The last 20 kB of a run's training log."""
-        return tail_text(Path(get_run(services, run_id)["folder"]) / LOG_NAME)
+        return tail_text(workspace_path(services.workspace.home, _run_folder(run_id) / LOG_NAME))
 
     @app.resource("turing://runs/{run_id}/metrics", mime_type="application/x-ndjson")
     def run_metrics(run_id: str) -> str:
         """A run's metric series: one JSON object per line (steps and validations)."""
-        events = jobs.read_events(Path(get_run(services, run_id)["folder"]))
+        events = jobs.read_events(_run_folder(run_id))
         return "".join(json.dumps(event) + "\n" for event in events)
 
     @app.resource("turing://runs/{run_id}/events", mime_type="application/x-ndjson")
@@ -42,8 +43,7 @@ def register(app: MCPServer, services: Services) -> None:
         """A run's lifecycle events, one JSON object per line: queued, started, checkpoint,
         validation, early_stopped, cancel_requested, finished, failed, reconciled, resumed,
         output_selected."""
-        folder = Path(get_run(services, run_id)["folder"])
-        events = jobs.read_events(folder, jobs.EVENTS_NAME)
+        events = jobs.read_events(_run_folder(run_id), jobs.EVENTS_NAME)
         return "".join(json.dumps(event) + "\n" for event in events)
 
     @app.resource("turing://datasets/{dataset_id}/report", mime_type="application/json")
@@ -55,8 +55,8 @@ def register(app: MCPServer, services: Services) -> None:
     @app.resource("turing://datasets/{dataset_id}/problems", mime_type="application/x-ndjson")
     def dataset_problems(dataset_id: str) -> str:
         """Every problem found in a dataset's source, one JSON object per line, by line."""
-        folder = Path(services.registry.get("datasets", dataset_id, "dataset")["folder"])
-        path = folder / "problems.jsonl"
+        folder = services.registry.get("datasets", dataset_id, "dataset")["folder"]
+        path = workspace_path(services.workspace.home, Path(folder) / "problems.jsonl")
         return path.read_text(encoding="utf-8") if path.exists() else ""
 
     @app.resource("turing://evals/{eval_id}/predictions", mime_type="application/x-ndjson")
@@ -81,7 +81,7 @@ def register(app: MCPServer, services: Services) -> None:
     def eval_safety(eval_id: str) -> str:
         """Every safety prompt of an evaluation (harmful, safe, canaries) with each model's
         answer, whether it refused (and by which rule), PII found, canary leaked."""
-        path = _eval_folder(eval_id) / "safety.jsonl"
+        path = workspace_path(services.workspace.home, _eval_folder(eval_id) / "safety.jsonl")
         return path.read_text() if path.exists() else ""
 
     @app.resource("turing://evals/{eval_id}/report", mime_type="application/json")
@@ -93,7 +93,8 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.resource("turing://audit", mime_type="application/json")
     def audit_trail() -> str:
-        """The audit trail, newest first: gates set, deploys, forced deploys with reasons."""
+        """The audit trail, newest first: gates set, deploys, forced deploys with reasons, and
+        every call of a mutating tool (actor, project, arguments with secrets masked, result)."""
         return json.dumps(audit.read(services), indent=2)
 
     @app.resource("turing://deployments/{deployment}/audit", mime_type="application/json")
@@ -102,10 +103,14 @@ def register(app: MCPServer, services: Services) -> None:
         return json.dumps(audit.read(services, deployment), indent=2)
 
     def _eval_folder(eval_id: str) -> Path:
-        return Path(services.registry.get("evals", eval_id, "eval")["folder"])
+        folder = services.registry.get("evals", eval_id, "eval")["folder"]
+        return workspace_path(services.workspace.home, folder)
+
+    def _run_folder(run_id: str) -> Path:
+        return workspace_path(services.workspace.home, get_run(services, run_id)["folder"])
 
     def _predictions(eval_id: str, keep: Callable[[dict[str, Any]], bool]) -> str:
-        path = _eval_folder(eval_id) / "predictions.jsonl"
+        path = workspace_path(services.workspace.home, _eval_folder(eval_id) / "predictions.jsonl")
         if not path.exists():
             return ""
         lines = (json.loads(line) for line in path.read_text().splitlines() if line)

@@ -7,15 +7,21 @@ thread that starts queued runs and records finished jobs about once a second.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+from mcp import types
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 
-from turing.resources import catalog
+from turing.resources import catalog, prompts
 from turing.server import __version__
+from turing.server.access import GuardedServer
+from turing.server.containment import Containment
 from turing.server.services import Services
-from turing.tools import jobs
+from turing.tools import jobs, monitoring
 from turing.tools.datasets import mcp_tools as dataset_tools
 from turing.tools.deploy import mcp_tools as deploy_tools
+from turing.tools.deploy import slo
 from turing.tools.evals import mcp_tools as eval_tools
 from turing.tools.finetune import mcp_tools as finetune_tools
 from turing.tools.finetune import runs
@@ -38,8 +44,9 @@ caller on one route). A model is named by a deployment, a version (mv-...), an a
 (deployment@champion, deployment@challenger or one made with set_alias) or a base model.
 get_lineage and turing://models/{id}/card trace a version from its data to its deployments;
 set_pricing, get_metrics and compare_routes read the traffic (latency, errors, tokens, cost,
-savings, A/B tests). Long work returns an id at once; wait or poll for its status. A failed or
-cancelled run continues with resume_run.
+savings, A/B tests); get_chart draws loss curves, eval scores with intervals and a deployment's
+live traffic per route as images. Long work returns an id at once; wait or poll for its status.
+A failed or cancelled run continues with resume_run.
 """
 
 
@@ -53,18 +60,32 @@ def create_app(services: Services | None = None) -> MCPServer:
     limit = runs.max_running()  # a bad TURING_MAX_RUNNING stops the server here, not every tick
     jobs.reconcile_all(services)
 
-    app = MCPServer(
+    # Every call is checked: the caller's role and project, and the paths it names.
+    app = GuardedServer(
+        services,
+        Containment.from_env(services.workspace.home),
         name="turing",
         version=__version__,
         instructions=INSTRUCTIONS,
         extensions=[finetune_tools.RunTasks(services)],
     )
-    for stage in (dataset_tools, finetune_tools, eval_tools, deploy_tools, query_tools):
+    stages = (dataset_tools, finetune_tools, eval_tools, deploy_tools, query_tools, monitoring)
+    for stage in stages:
         stage.register(app, services)
     catalog.register(app, services)
+    prompts.register(app)
     _forbid_unknown_arguments(app)
+    _accept_log_levels(app)
 
-    services.jobs.start_ticking(lambda: runs.advance(services))
+    monitor = slo.SloMonitor(services)  # a bad TURING_SLO_CHECK_S stops the server here too
+
+    def tick() -> None:
+        try:
+            runs.advance(services)
+        finally:
+            monitor.tick()  # SLOs of deployments, at most every TURING_SLO_CHECK_S seconds
+
+    services.jobs.start_ticking(tick)
     logger.info(
         "turing %s serving workspace %s (up to %d runs at once)",
         __version__,
@@ -72,6 +93,22 @@ def create_app(services: Services | None = None) -> MCPServer:
         limit,
     )
     return app
+
+
+def _accept_log_levels(app: MCPServer) -> None:
+    """Answer `logging/setLevel`, which clients of the 2025 protocol send. Turing logs to stderr
+    and sends no MCP log notifications, so no level lets any through."""
+
+    async def set_level(
+        context: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        logger.debug("a client asked for MCP log messages at %s and above", params.level)
+        return types.EmptyResult()
+
+    # MCPServer has no public hook for this method, deprecated in the 2026 protocol.
+    app._lowlevel_server.add_request_handler(
+        "logging/setLevel", types.SetLevelRequestParams, set_level
+    )
 
 
 def _forbid_unknown_arguments(app: MCPServer) -> None:

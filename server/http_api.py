@@ -1,5 +1,6 @@
-"""The OpenAI-compatible HTTP edge: `/v1/chat/completions` (streaming too) and `/v1/models`,
-with the query counters for Prometheus at `/metrics`.
+"""The HTTP server: MCP over streamable HTTP at `/mcp`, the OpenAI-compatible API
+(`/v1/chat/completions`, streaming too, and `/v1/models`), the query counters for Prometheus at
+`/metrics` and the dashboard, every route behind the bearer-token middleware of `auth`.
 
 Any OpenAI client (the official `openai` package, agent SDKs, curl) can use a deployment, a
 model version or a base model by name. Requests take the same path as the MCP `query_model`
@@ -9,21 +10,28 @@ their usual exceptions (400 bad request, 404 unknown model, 429 busy engine).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.util
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from turing.server import access
+from turing.server.auth import AccessMiddleware, allowed_hosts
 from turing.server.services import Services
 from turing.tools.deploy import aliases
 from turing.tools.errors import (
@@ -36,6 +44,10 @@ from turing.tools.errors import (
 )
 from turing.tools.query import serve
 from turing.tools.query.serve import MAX_TOKENS_LIMIT, Sampling
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import MCPServer
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +110,17 @@ class ChatRequest:
     routing_key: str | None
 
 
-def create_http_app(services: Services) -> Starlette:
-    """Build the HTTP app over the server's services (shared with the MCP tools)."""
+def create_http_app(
+    services: Services, hosts: Collection[str], mcp: MCPServer | None = None
+) -> Starlette:
+    """Build the HTTP app over the server's services (shared with the MCP tools).
+
+    Args:
+        services: The server's services.
+        hosts: The Host header values it answers to, e.g. {"127.0.0.1:8100", "localhost:8100"}
+            (see `auth.allowed_hosts`); any other Host or Origin is refused.
+        mcp: The MCP server to carry at /mcp over streamable HTTP; None serves the rest only.
+    """
     # Requests wait for a busy engine on worker threads; anyio's default of 40 threads would
     # let waiters starve the request that holds the engine. Engines bound their own lines.
     threads = anyio.CapacityLimiter(serve.QUERY_THREADS)
@@ -162,15 +183,53 @@ def create_http_app(services: Services) -> Starlette:
         text = await anyio.to_thread.run_sync(prometheus_text, services, limiter=threads)
         return Response(text, media_type=PROMETHEUS_TYPE)
 
-    return Starlette(
-        routes=[
-            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-            Route("/v1/models", list_models, methods=["GET"]),
-            Route("/v1/models/{model:path}", get_model, methods=["GET"]),
-            Route("/health", health, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ]
+    routes: list[BaseRoute] = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    public_paths = {"/health"}
+    dashboard_routes, dashboard_public = _dashboard(services)
+    routes += dashboard_routes
+    public_paths |= dashboard_public
+    sessions = None
+    if mcp is not None:
+        from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+
+        sessions = _mcp_sessions(mcp, hosts)
+        routes.append(Route("/mcp", StreamableHTTPASGIApp(sessions)))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if sessions is None:
+            yield
+            return
+        async with sessions.run():  # the MCP sessions' task group lives as long as the server
+            yield
+
+    guard = Middleware(AccessMiddleware, services=services, hosts=hosts, public_paths=public_paths)
+    return Starlette(routes=routes, middleware=[guard], lifespan=lifespan)
+
+
+def _mcp_sessions(mcp: MCPServer, hosts: Collection[str]) -> StreamableHTTPSessionManager:
+    """The SDK's session manager for `mcp`, its own Host/Origin check set to ours as well."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    security = TransportSecuritySettings(
+        allowed_hosts=sorted(hosts), allowed_origins=sorted(f"http://{host}" for host in hosts)
     )
+    mcp.streamable_http_app(transport_security=security)  # builds the manager; the app is unused
+    return mcp.session_manager
+
+
+def _dashboard(services: Services) -> tuple[list[BaseRoute], set[str]]:
+    """The dashboard's routes and the paths of them served without a token (its page shell)."""
+    if importlib.util.find_spec("turing.server.dashboard") is None:
+        return [], set()
+    dashboard = importlib.import_module("turing.server.dashboard")
+    return list(dashboard.routes(services)), set(getattr(dashboard, "PUBLIC_PATHS", ()))
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
@@ -436,7 +495,8 @@ def describe_models(services: Services) -> list[dict[str, Any]]:
     get_base_model(services, DEFAULT_BASE_MODEL)  # the bundled base is registered on first use
     models = []
     bases = {row["name"]: row for row in services.registry.rows("base_models", order_by="name")}
-    version_rows = services.registry.rows("model_versions", order_by="created_at")
+    all_versions = services.registry.rows("model_versions", order_by="created_at")
+    version_rows = access.keep_visible(all_versions)  # the caller's project's only
     versions = {row["id"]: row for row in version_rows}
     for deployment in describe_deployments(services):
         first = versions.get(deployment["routes"][0]["version_id"], {})
@@ -495,72 +555,119 @@ def _epoch(stamp: str | None) -> int:
         return 0
 
 
-def check_bind_host(host: str) -> None:
-    """Refuse a non-loopback address: the HTTP API has no authentication yet."""
+def check_bind_host(host: str, allow_remote: bool = False) -> bool:
+    """Refuse a non-loopback address unless `allow_remote`; True when the address is loopback."""
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
+    if not loopback and not allow_remote:
         raise InvalidInputError(
-            f"host {host!r} is not a loopback address; the HTTP API has no "
-            "authentication, so it listens on 127.0.0.1, ::1 or localhost only"
+            f"host {host!r} is not a loopback address; Turing listens on 127.0.0.1, ::1 or "
+            "localhost unless told to listen elsewhere (--allow-remote), because anyone who "
+            "can reach the port can try tokens and the traffic is not encrypted"
         )
+    return loopback
 
 
 class HttpServer:
-    """The HTTP API served by uvicorn on its own thread and event loop, beside the MCP server."""
+    """The HTTP server run by uvicorn, on this thread (`run`) or its own thread (`start`).
 
-    def __init__(self, services: Services, host: str = "127.0.0.1", port: int = 8100) -> None:
+    The socket is bound when the server is made, so the port (also when 0 asked for any free
+    one) and with it the Host header values the server answers to are known from the start.
+    """
+
+    def __init__(
+        self,
+        services: Services,
+        host: str = "127.0.0.1",
+        port: int = 8100,
+        *,
+        mcp: MCPServer | None = None,
+        allow_remote: bool = False,
+        extra_hosts: Iterable[str] = (),
+    ) -> None:
+        """Bind `host`:`port` and build the app.
+
+        Args:
+            services: The server's services.
+            host: The address to listen on; loopback unless `allow_remote`.
+            port: 1-65535, or 0 for any free port.
+            mcp: The MCP server to carry at /mcp; None serves the API, metrics and dashboard.
+            allow_remote: Listen on a non-loopback address (a warning is logged).
+            extra_hosts: More names clients use in the Host header, e.g. "turing.lan".
+        """
         import uvicorn
 
-        check_bind_host(host)
+        if not check_bind_host(host, allow_remote):
+            logger.warning(
+                "listening on %s, which is not a loopback address: every request still needs "
+                "a bearer token, but the traffic is not encrypted; put a TLS proxy in front",
+                host,
+            )
         if not 0 <= port <= 65535:
             raise InvalidInputError(f"port {port}: give 1-65535 (or 0 for any free port)")
-        # log_config=None: uvicorn's default config prints access lines to stdout, which on
-        # stdio carries the MCP protocol; its loggers propagate to ours (stderr) instead.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self._socket = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self.host = host
+        self.hosts = allowed_hosts(host, self.port, extra_hosts)
+        # log_config=None: uvicorn's default config prints access lines to stdout; its loggers
+        # propagate to ours (stderr) instead. An open MCP event stream never ends by itself, so
+        # shutting down waits for it only briefly.
         config = uvicorn.Config(
-            create_http_app(services),
+            create_http_app(services, self.hosts, mcp),
             host=host,
-            port=port,
+            port=self.port,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
+            timeout_graceful_shutdown=3,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="turing-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="turing-http"
+        )
+        self._thread.daemon = True
 
     def run(self) -> None:
         """Serve on this thread until interrupted (Ctrl-C or SIGTERM)."""
-        logger.info("OpenAI-compatible HTTP API on http://%s/v1", self.address)
-        self._server.run()
+        logger.info("Turing HTTP server on %s (MCP at /mcp, OpenAI API at /v1)", self.url)
+        self._server.run(sockets=[self._socket])
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start listening; returns once the socket is bound."""
+        """Start serving on a thread; returns once requests are answered."""
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise InvalidInputError(
-                    f"the HTTP API could not listen on {self.address}: see the log above"
+                    f"the HTTP server on {self.address} did not start: see the log above"
                 )
             time.sleep(0.02)
-        logger.info("OpenAI-compatible HTTP API on http://%s/v1", self.address)
+        logger.info("Turing HTTP server on %s (MCP at /mcp, OpenAI API at /v1)", self.url)
 
     @property
     def address(self) -> str:
-        config = self._server.config
-        return f"{config.host}:{config.port}"
+        """host:port, with an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. http://127.0.0.1:8100."""
+        return f"http://{self.address}"
 
     @property
     def port(self) -> int:
-        """The bound port (the real one when started with port 0)."""
-        for server in getattr(self._server, "servers", []):
-            for sock in server.sockets:
-                return int(sock.getsockname()[1])
-        return int(self._server.config.port)
+        """The bound port (the real one when made with port 0)."""
+        return int(self._socket.getsockname()[1])
 
     def stop(self) -> None:
         """Stop accepting requests and wait for the thread to end."""
         self._server.should_exit = True
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()

@@ -286,18 +286,22 @@ def _query_log(db: sqlite_utils.Database) -> None:
     )
     db.table("query_log").create(
         {
-            "query_id": int,  # the row in queries
+            "row_id": int,  # the query's row in queries, numbered when the telemetry writes it
+            "id": str,  # the id the caller got with the answer (the OpenAI API's "id")
             "deployment": str,
             "version_id": str,
             "messages": str,  # JSON, redacted
             "answer": str,  # redacted
             "redactions": str,  # comma-separated kinds of PII removed; NULL: none
             "rating": int,  # feedback: 1 good, -1 bad, NULL none
-            "correction": str,  # a better answer given as feedback
+            "correction": str,  # a better answer given as feedback, redacted
+            "feedback_at": str,
+            "feedback_by": str,  # the actor who rated or corrected it
             "created_at": str,
         },
-        pk="query_id",
+        pk="row_id",
     )
+    db.table("query_log").create_index(["id"], unique=True)
     db.table("query_log").create_index(["deployment", "created_at"])
 
 

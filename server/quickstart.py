@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from tqdm import tqdm
+
+from turing.server.containment import ALLOWED_DIRS_ENV
 
 SAMPLE_DATA = Path(__file__).resolve().parent.parent / "tools" / "datasets" / "samples"
 POLL_SECONDS = 1.0
@@ -67,15 +70,24 @@ class Session:
         return data["result"] if set(data) == {"result"} else data
 
 
-def server_parameters(home: str | None = None, log_level: str = "INFO") -> StdioServerParameters:
-    """How to launch `turing serve` with this interpreter and workspace."""
+def server_parameters(
+    home: str | None = None, log_level: str = "INFO", input_dirs: Sequence[Path] = ()
+) -> StdioServerParameters:
+    """How to launch `turing serve` with this interpreter and workspace.
+
+    The server reads input files from the folders in TURING_ALLOWED_INPUT_DIRS (this process's
+    value, with `input_dirs` added), else from the working directory.
+    """
     env = {
         key: os.environ[key]
-        for key in ("TURING_HOME", "TURING_CACHE", "OMP_NUM_THREADS")
+        for key in ("TURING_HOME", "TURING_CACHE", "OMP_NUM_THREADS", ALLOWED_DIRS_ENV)
         if key in os.environ
     }
     if home:
         env["TURING_HOME"] = home
+    if input_dirs:
+        listed = env.get(ALLOWED_DIRS_ENV, str(Path.cwd()))
+        env[ALLOWED_DIRS_ENV] = os.pathsep.join([listed, *(str(d) for d in input_dirs)])
     return StdioServerParameters(
         command=sys.executable,
         args=["-m", "turing.server.cli", "--log-level", log_level, "serve"],
@@ -262,7 +274,8 @@ def plan_from_args(args: argparse.Namespace) -> LifecyclePlan:
 
 async def _quickstart(plan: LifecyclePlan) -> dict[str, Any]:
     # The server's own log would interleave with the progress bars; keep only its warnings.
-    async with Client(server_parameters(log_level="WARNING")) as client:
+    folders = [path.parent for path in (plan.data, plan.eval_data) if path is not None]
+    async with Client(server_parameters(log_level="WARNING", input_dirs=folders)) as client:
         return await drive_lifecycle(Session(client), plan)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mcp import Client
 
+from turing.server.containment import ALLOWED_DIRS_ENV
 from turing.server.quickstart import Session, server_parameters
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,6 +36,16 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cache")
     os.environ["TURING_CACHE"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def input_folders(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Let the servers the tests start read input files from the tests' temporary folders, the
+    tests' own folder and the shared datasets, and nothing else outside their workspaces."""
+    folders = [tmp_path_factory.getbasetemp(), REPO / "tests", shared_data_dir()]
+    listed = os.pathsep.join(str(folder) for folder in folders if folder is not None)
+    os.environ[ALLOWED_DIRS_ENV] = listed
+    return listed
 
 
 @pytest.fixture

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import os
+import re
 import sqlite3
-import sys
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import openai
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
+from tests.server.test_auth import make_token, turing_http
 from tests.server.test_deployments import ab_deployment
+from turing.server import auth
 from turing.server.http_api import HttpServer, check_bind_host, parse_chat_request
-from turing.server.quickstart import LifecycleError, Session, server_parameters
+from turing.server.quickstart import LifecycleError, Session
 from turing.server.services import Services
 from turing.server.workspace import Workspace
 from turing.tools.base_models import register_base_model
@@ -28,41 +32,55 @@ from turing.tools.errors import InvalidInputError
 ASK = [{"role": "user", "content": "my invoice shows the wrong amount"}]
 
 
+@dataclass
+class Api:
+    """An HTTP server under test: its API's base URL, its services and a viewer's secret."""
+
+    url: str
+    services: Services
+    secret: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.secret}"}
+
+
 @pytest.fixture
-def api(tmp_path: Path, tiny_base: Path) -> Iterator[tuple[str, Services]]:
-    """An HTTP API on a free loopback port over a workspace with the tiny model as base `tiny`."""
+def api(tmp_path: Path, tiny_base: Path) -> Iterator[Api]:
+    """The HTTP server on a free loopback port over a workspace with the tiny model as base
+    `tiny`, and a viewer token (the least role that may query)."""
     services = Services.open(Workspace(tmp_path / "home", tmp_path / "cache"))
     register_base_model(services, "tiny", str(tiny_base))
+    _, secret = auth.create_token(services, "test", "viewer")
     server = HttpServer(services, "127.0.0.1", 0)
     server.start()
     try:
-        yield f"http://127.0.0.1:{server.port}/v1", services
+        yield Api(f"{server.url}/v1", services, secret)
     finally:
         server.stop()
         services.close()
 
 
-def client(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=60)
+def client(api: Api) -> openai.OpenAI:
+    return openai.OpenAI(base_url=api.url, api_key=api.secret, max_retries=0, timeout=60)
 
 
-def test_models_lists_base_models_with_their_lineage(api: tuple[str, Services]) -> None:
-    base_url, _ = api
-    listed = {model.id: model for model in client(base_url).models.list()}
+def test_models_lists_base_models_with_their_lineage(api: Api) -> None:
+    listed = {model.id: model for model in client(api).models.list()}
     assert {"tiny", "smollm2-135m-instruct"} <= set(listed)
     tiny = listed["tiny"].model_dump()
     assert tiny["owned_by"] == "turing" and tiny["root"] == "tiny"
     assert tiny["turing"]["kind"] == "base"
-    assert client(base_url).models.retrieve("tiny").id == "tiny"
+    assert client(api).models.retrieve("tiny").id == "tiny"
     with pytest.raises(openai.NotFoundError, match="no model 'nope'"):
-        client(base_url).models.retrieve("nope")
+        client(api).models.retrieve("nope")
 
 
 def test_chat_completion_and_its_stream_give_the_same_greedy_text(
-    api: tuple[str, Services],
+    api: Api,
 ) -> None:
-    base_url, services = api
-    answer = client(base_url).chat.completions.create(
+    services = api.services
+    answer = client(api).chat.completions.create(
         model="tiny",
         messages=ASK,
         max_tokens=12,
@@ -75,7 +93,7 @@ def test_chat_completion_and_its_stream_give_the_same_greedy_text(
     assert answer.choices[0].finish_reason in ("stop", "length")
 
     chunks = list(
-        client(base_url).chat.completions.create(
+        client(api).chat.completions.create(
             model="tiny",
             messages=ASK,  # type: ignore[arg-type]
             max_tokens=12,
@@ -98,7 +116,7 @@ def test_chat_completion_and_its_stream_give_the_same_greedy_text(
         rows = db.execute("SELECT version_id, error, transport FROM queries").fetchall()
     assert rows == [("tiny", None, "http"), ("tiny", None, "http")]
 
-    scraped = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30)
+    scraped = httpx.get(api.url.removesuffix("/v1") + "/metrics", headers=api.headers, timeout=30)
     assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = dict(
         line.rsplit(" ", 1) for line in scraped.text.splitlines() if not line.startswith("#")
@@ -111,9 +129,8 @@ def test_chat_completion_and_its_stream_give_the_same_greedy_text(
     assert "# TYPE turing_queries_total counter" in scraped.text
 
 
-def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Services]) -> None:
-    base_url, _ = api
-    whole = client(base_url).chat.completions.create(
+def test_a_stop_string_ends_the_answer_without_being_sent(api: Api) -> None:
+    whole = client(api).chat.completions.create(
         model="tiny",
         messages=ASK,
         max_tokens=16,
@@ -122,7 +139,7 @@ def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Servic
     text = whole.choices[0].message.content or ""
     assert len(text) >= 4, text
     stop = text[2:4]
-    chunks = client(base_url).chat.completions.create(
+    chunks = client(api).chat.completions.create(
         model="tiny",
         messages=ASK,  # type: ignore[arg-type]
         max_tokens=16,
@@ -180,23 +197,21 @@ def test_a_stop_string_ends_the_answer_without_being_sent(api: tuple[str, Servic
     ],
 )
 def test_bad_requests_get_openai_errors_naming_the_field(
-    api: tuple[str, Services], body: dict[str, Any], message: str
+    api: Api, body: dict[str, Any], message: str
 ) -> None:
-    base_url, _ = api
     # json.dumps escapes a lone surrogate as \\ud800, as JavaScript clients send it.
     raw = json.dumps(body).encode()
-    reply = httpx.post(f"{base_url}/chat/completions", content=raw, timeout=60)
+    reply = httpx.post(f"{api.url}/chat/completions", content=raw, headers=api.headers, timeout=60)
     assert reply.status_code in (400, 404), reply.text
     error = reply.json()["error"]
     assert error["type"] in ("invalid_request_error", "not_found_error")
-    import re
-
     assert re.search(message, error["message"]), error["message"]
 
 
-def test_a_body_that_is_not_json_is_refused(api: tuple[str, Services]) -> None:
-    base_url, _ = api
-    reply = httpx.post(f"{base_url}/chat/completions", content=b"{not json", timeout=10)
+def test_a_body_that_is_not_json_is_refused(api: Api) -> None:
+    reply = httpx.post(
+        f"{api.url}/chat/completions", content=b"{not json", headers=api.headers, timeout=10
+    )
     assert reply.status_code == 400
     assert "not valid JSON" in reply.json()["error"]["message"]
 
@@ -214,74 +229,81 @@ def test_text_content_parts_are_joined_and_other_parts_refused() -> None:
     assert developer.messages[0]["role"] == "system"
 
 
-def test_only_loopback_addresses_are_served() -> None:
+def test_only_loopback_addresses_are_served_unless_allowed() -> None:
     for host in ("127.0.0.1", "::1", "localhost"):
-        check_bind_host(host)
+        assert check_bind_host(host)
     for host in ("0.0.0.0", "192.168.1.5", "example.org"):
         with pytest.raises(InvalidInputError, match="not a loopback address"):
             check_bind_host(host)
+        assert not check_bind_host(host, allow_remote=True)
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def test_the_openai_client_needs_a_live_token(api: Api) -> None:
+    anonymous = openai.OpenAI(base_url=api.url, api_key="turing_wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError, match="bearer token is required"):
+        anonymous.models.list()
+    token_id = auth.list_tokens(api.services)[0]["id"]
+    assert client(api).models.retrieve("tiny").id == "tiny"
+    auth.revoke_token(api.services, token_id)
+    with pytest.raises(openai.AuthenticationError):
+        client(api).models.retrieve("tiny")
 
 
 @pytest.mark.anyio
 async def test_a_deployment_made_over_mcp_answers_openai_clients_in_the_same_server(
     tmp_path: Path, tiny_base: Path
 ) -> None:
-    """`turing serve --http` serves MCP on stdio and the HTTP API from one process."""
-    port = free_port()
-    stdio = server_parameters(str(tmp_path / "home"))
-    parameters = StdioServerParameters(
-        command=sys.executable,
-        args=[*stdio.args, "--http", f"127.0.0.1:{port}"],
-        env=stdio.env,
-    )
-    async with Client(parameters) as mcp_client:
-        session = Session(mcp_client)
-        a, b = await ab_deployment(session, tmp_path, tiny_base)
-        base_url = f"http://127.0.0.1:{port}/v1"
-        async with httpx.AsyncClient(timeout=60) as http:
-            models = (await http.get(f"{base_url}/models")).json()["data"]
-            triage = next(model for model in models if model["id"] == "triage")
-            assert triage["root"] == "tiny" and triage["turing"]["revision"] == 2
-            assert {a, b} <= {model["id"] for model in models}
+    """`turing serve --http` serves MCP and the OpenAI API from one process, with tokens."""
+    home = tmp_path / "home"
+    admin = {"authorization": f"Bearer {make_token(home, 'admin', name='agent')}"}
+    viewer = {"authorization": f"Bearer {make_token(home, 'viewer', name='app')}"}
+    inputs = {"TURING_ALLOWED_INPUT_DIRS": os.pathsep.join(map(str, (tmp_path, tiny_base.parent)))}
+    with turing_http(home, env=inputs) as url:
+        async with (
+            httpx.AsyncClient(headers=admin, timeout=120) as mcp_http,
+            Client(streamable_http_client(f"{url}/mcp", http_client=mcp_http)) as mcp_client,
+        ):
+            session = Session(mcp_client)
+            a, b = await ab_deployment(session, tmp_path, tiny_base)
+            async with httpx.AsyncClient(headers=viewer, timeout=60) as http:
+                models = (await http.get(f"{url}/v1/models")).json()["data"]
+                triage = next(model for model in models if model["id"] == "triage")
+                assert triage["root"] == "tiny" and triage["turing"]["revision"] == 2
+                assert {a, b} <= {model["id"] for model in models}
 
-            seen = set()
-            for user in ("ann", "bob", "cy", "di", "ed", "flo"):
-                body = {"model": "triage", "messages": ASK, "max_tokens": 2, "user": user}
-                first = await http.post(f"{base_url}/chat/completions", json=body)
-                again = await http.post(f"{base_url}/chat/completions", json=body)
-                assert first.status_code == 200, first.text
-                version = first.json()["system_fingerprint"]
-                assert again.json()["system_fingerprint"] == version  # sticky by user
-                assert first.headers["x-turing-revision"] == "2"
-                seen.add(version)
-            assert seen <= {a, b}
+                seen = set()
+                for user in ("ann", "bob", "cy", "di", "ed", "flo"):
+                    body = {"model": "triage", "messages": ASK, "max_tokens": 2, "user": user}
+                    first = await http.post(f"{url}/v1/chat/completions", json=body)
+                    again = await http.post(f"{url}/v1/chat/completions", json=body)
+                    assert first.status_code == 200, first.text
+                    version = first.json()["system_fingerprint"]
+                    assert again.json()["system_fingerprint"] == version  # sticky by user
+                    assert first.headers["x-turing-revision"] == "2"
+                    seen.add(version)
+                assert seen <= {a, b}
 
-        for bad in ({"max_tokens": "5"}, {"temperature": True}, {"max_tokens": 2.5}):
-            with pytest.raises(LifecycleError, match="validation error"):
-                await session.call("query_model", model="triage", messages=ASK, **bad)
+            for bad in ({"max_tokens": "5"}, {"temperature": True}, {"max_tokens": 2.5}):
+                with pytest.raises(LifecycleError, match="validation error"):
+                    await session.call("query_model", model="triage", messages=ASK, **bad)
 
-        found = await session.client.read_resource("turing://deployments/triage/metrics")
-        metrics = json.loads(found.contents[0].text)  # type: ignore[union-attr]
-        assert metrics["live"]["count"] == 12, metrics
+            found = await session.client.read_resource("turing://deployments/triage/metrics")
+            metrics = json.loads(found.contents[0].text)  # type: ignore[union-attr]
+    assert metrics["live"]["count"] == 12, metrics
     assert metrics["live"]["errors"] == 0, metrics
 
 
 def test_a_stream_the_client_abandons_frees_the_engine_and_is_recorded(
-    api: tuple[str, Services],
+    api: Api,
 ) -> None:
-    base_url, services = api
+    services = api.services
     body = {"model": "tiny", "messages": ASK, "max_tokens": 2000, "temperature": 1, "stream": True}
-    with httpx.stream("POST", f"{base_url}/chat/completions", json=body, timeout=60) as reply:
+    url = f"{api.url}/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=api.headers, timeout=60) as reply:
         for number, _ in enumerate(reply.iter_lines()):
             if number == 3:
                 break  # leave after the first pieces of text
-    after = client(base_url).chat.completions.create(
+    after = client(api).chat.completions.create(
         model="tiny",
         messages=ASK,
         max_tokens=3,  # type: ignore[arg-type]
@@ -300,15 +322,14 @@ def test_a_stream_the_client_abandons_frees_the_engine_and_is_recorded(
     assert tokens < 2000
 
 
-def test_more_callers_than_worker_threads_all_get_answers(api: tuple[str, Services]) -> None:
+def test_more_callers_than_worker_threads_all_get_answers(api: Api) -> None:
     """Callers waiting for a busy engine must not starve the one that holds it."""
-    base_url, _ = api
 
     async def ask_all() -> list[int]:
-        async with httpx.AsyncClient(timeout=120) as http:
+        async with httpx.AsyncClient(headers=api.headers, timeout=120) as http:
             body = {"model": "tiny", "messages": ASK, "max_tokens": 4, "temperature": 0}
             replies = await asyncio.gather(
-                *(http.post(f"{base_url}/chat/completions", json=body) for _ in range(60))
+                *(http.post(f"{api.url}/chat/completions", json=body) for _ in range(60))
             )
         return [reply.status_code for reply in replies]
 

@@ -169,7 +169,7 @@ async def test_a_cancelled_run_ends_cancelled(
             {"dataset_id": "ds-x", "hyperparameters": {"lora_rank": 0, "lr": 1}},
             "lora_rank=0: must be an integer.*lr=1: unknown parameter.*no dataset 'ds-x'",
         ),
-        ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "does not exist"),
+        ("prepare_dataset", {"path": "/nonexistent/data.jsonl"}, "outside the folders"),
         ("prepare_dataset", {"path": "data/tickets.jsonl"}, "not an absolute path"),
         ("prepare_dataset", {"path": str(Path(__file__).parent)}, "not a regular file"),
         ("register_base_model", {"name": "mine", "gguf_path": __file__}, "not a readable GGUF"),
@@ -229,4 +229,4 @@ def test_listing_tools_loads_neither_torch_nor_a_model(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "35 []"
+    assert done.stdout.strip() == "44 []"

@@ -6,9 +6,11 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
+from turing.server import access
 from turing.server.services import Services
 from turing.tools.base_models import DEFAULT_BASE_MODEL
 from turing.tools.datasets.store import create_dataset, describe_dataset
+from turing.tools.query import feedback
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -42,9 +44,18 @@ def register(app: MCPServer, services: Services) -> None:
         file is reported in one pass with its line, JSON path, code and fix; with
         on_error="reject" nothing is stored until they are fixed.
 
+        A deployment's logged queries can be the source too (query logging is opt-in, see
+        set_query_logging): each query with feedback (record_feedback) becomes a row of what
+        was asked and its correction, or its answer when rated good; the report's provenance
+        names the deployment, time window, filter, query ids and kinds of personal data redacted.
+
         Args:
             path: Absolute path of the file: JSON lines, a JSON array (or an object holding one),
-                or CSV/TSV with a header row. UTF-8, with or without a byte order mark.
+                or CSV/TSV with a header row. UTF-8, with or without a byte order mark. Or
+                "queries://<deployment>" for its logged queries, with optional filters as in a
+                URL: since (ISO 8601 or a duration back such as "7d"), min_rating (1, default:
+                answers rated good plus corrected ones; 0: also unrated answers) and
+                only_corrected (true/false), e.g. "queries://support-bot?since=7d&min_rating=0".
             format: "auto" (detected from the records' keys), "openai_chat" ({"messages": [...]},
                 tools and tool_calls allowed, per-message "weight" 0/1), "prompt_completion",
                 "alpaca" (instruction/input/output, optional system and history), "sharegpt"
@@ -82,7 +93,8 @@ def register(app: MCPServer, services: Services) -> None:
         Returns:
             dataset_id, rows per split (train includes canary rows), labels, canaries planted,
             rows dropped by reason, problem counts by code, and the URIs of the full report and
-            of every problem found.
+            of every problem found; for logged queries also their provenance (the first 20
+            query ids, all of them in the report).
         """
         options = {
             "format": format,
@@ -102,10 +114,13 @@ def register(app: MCPServer, services: Services) -> None:
             "canaries": canaries,
             "canary_repeats": canary_repeats,
         }
+        if feedback.is_query_source(path):
+            return feedback.create_dataset_from_queries(services, path, base_model, **options)
         return create_dataset(services, path, base_model, **options)
 
     @app.tool()
     def list_datasets() -> list[dict[str, Any]]:
         """List stored dataset versions, newest first, with their row counts."""
-        rows = services.registry.rows("datasets", order_by="created_at desc")
+        where, params = access.project_clause()
+        rows = services.registry.rows("datasets", where, params, order_by="created_at desc")
         return [describe_dataset(row) for row in rows]

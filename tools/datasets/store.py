@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from turing.server import access
 from turing.server.jobs import write_json_atomic
 from turing.server.registry import utc_now
 from turing.server.services import Services
@@ -22,6 +23,7 @@ from turing.tools.datasets.prepare import PreparedDataset, prepare_dataset
 from turing.tools.datasets.tokens import TokenCounter, load_token_counter
 from turing.tools.errors import InvalidInputError, TuringError
 from turing.tools.evals.safety import Canary
+from turing.tools.query.feedback import provenance_summary
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +46,18 @@ def check_input_file(path: str, what: str) -> Path:
 
 
 def create_dataset(
-    services: Services, path: str, base_model: str = DEFAULT_BASE_MODEL, **raw: Any
+    services: Services,
+    path: str,
+    base_model: str = DEFAULT_BASE_MODEL,
+    provenance: dict[str, Any] | None = None,
+    **raw: Any,
 ) -> dict[str, Any]:
     """Prepare a file into a stored dataset version; the same file and options give the same id.
 
     The id hashes the file's bytes, every option (defaults included, but canary options only
     when set) and the fingerprint of the base model's tokenizer and chat template, so a second
-    identical call returns the stored version without reading the file again.
+    identical call returns the stored version without reading the file again. `provenance`
+    says where a file made by Turing came from (e.g. logged queries); it goes in the report.
     """
     options = parse_options(raw)
     source = check_input_file(path, "dataset file")
@@ -59,7 +66,10 @@ def create_dataset(
         Path(model["gguf_path"]), services.workspace.cache_folder("tokenizers")
     )
     data = source.read_bytes()
-    dataset_id = _content_id(hashlib.sha256(data).hexdigest(), options, base_model, counter)
+    project = access.owner_project()
+    dataset_id = _content_id(
+        hashlib.sha256(data).hexdigest(), options, base_model, counter, project
+    )
 
     existing = services.registry.find("datasets", dataset_id)
     if existing is not None:
@@ -67,11 +77,13 @@ def create_dataset(
         return describe_dataset(existing)
 
     prepared = _prepare(source, data, options, counter)
+    if provenance is not None:
+        prepared.report["provenance"] = provenance
     with _STORE_LOCK:
         existing = services.registry.find("datasets", dataset_id)
         if existing is not None:
             return describe_dataset(existing)
-        return _store(services, dataset_id, source, prepared, options, base_model, counter)
+        return _store(services, dataset_id, source, prepared, options, base_model, counter, project)
 
 
 def _prepare(
@@ -97,6 +109,7 @@ def _store(
     options: PrepareOptions,
     base_model: str,
     counter: TokenCounter,
+    project: str,
 ) -> dict[str, Any]:
     prepared.report["lineage"] = {
         "dataset_id": dataset_id,
@@ -119,6 +132,7 @@ def _store(
         "tokenizer_fingerprint": counter.fingerprint,
         "max_seq_len": options.max_seq_len,
         "created_at": utc_now(),
+        "project": project,
     }
     services.registry.insert("datasets", row)
     logger.info(
@@ -150,7 +164,14 @@ def describe_dataset(row: dict[str, Any]) -> dict[str, Any]:
         },
         "report_uri": f"turing://datasets/{row['id']}/report",
         "problems_uri": f"turing://datasets/{row['id']}/problems",
+        **_provenance(report),
     }
+
+
+def _provenance(report: dict[str, Any]) -> dict[str, Any]:
+    """{"provenance": ...} of a dataset made from logged queries (its ids cut short), else {}."""
+    found = provenance_summary(report.get("provenance"))
+    return {"provenance": found} if found else {}
 
 
 def load_split(services: Services, dataset_id: str, split: str) -> list[dict[str, Any]]:
@@ -178,17 +199,21 @@ def split_path(services: Services, dataset_id: str, split: str) -> Path:
 
 
 def _content_id(
-    source_sha256: str, options: PrepareOptions, base_model: str, counter: TokenCounter
+    source_sha256: str,
+    options: PrepareOptions,
+    base_model: str,
+    counter: TokenCounter,
+    project: str = access.DEFAULT_PROJECT,
 ) -> str:
-    canonical = json.dumps(
-        {
-            "source": source_sha256,
-            "options": content_options(options),
-            "base_model": base_model,
-            "tokenizer": counter.fingerprint,
-        },
-        sort_keys=True,
-    )
+    content: dict[str, Any] = {
+        "source": source_sha256,
+        "options": content_options(options),
+        "base_model": base_model,
+        "tokenizer": counter.fingerprint,
+    }
+    if project != access.DEFAULT_PROJECT:  # each project its own versions; default ids unchanged
+        content["project"] = project
+    canonical = json.dumps(content, sort_keys=True)
     return "ds-" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from turing.server import access
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools.deploy import aliases
@@ -22,6 +23,7 @@ from turing.tools.errors import InvalidInputError
 from turing.tools.evals.evals import get_eval
 from turing.tools.evals.gates import SAFETY_METRICS
 from turing.tools.finetune import checkpoints
+from turing.tools.query.feedback import provenance_summary
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def _dataset(row: dict[str, Any]) -> dict[str, Any]:
             "canaries": (report.get("canaries") or {}).get("count", 0),
             "notes": report.get("notes") or [],
         },
+        "provenance": provenance_summary(report.get("provenance")),
         "report_uri": f"turing://datasets/{row['id']}/report",
     }
 
@@ -176,13 +179,17 @@ def _eval(services: Services, row: dict[str, Any]) -> dict[str, Any]:
 
 def deployments_of(services: Services, version_id: str) -> list[dict[str, Any]]:
     """Every deployment revision that routes to a version, grouped by deployment."""
-    current = {row["name"]: row["revision"] for row in services.registry.rows("deployments")}
+    scope, params = access.project_clause()
+    deployments = services.registry.rows("deployments", scope, params)
+    current = {row["name"]: row["revision"] for row in deployments}
     # Version ids are quoted inside the stored JSON, so the match is exact before parsing.
     where = "routes LIKE ?"
     found: dict[str, list[dict[str, Any]]] = {}
     for row in services.registry.rows(
         "deployment_revisions", where, [f'%"{version_id}"%'], order_by="deployment, revision"
     ):
+        if row["deployment"] not in current:  # another project's deployment
+            continue
         for route in parse_stored(row["routes"]):
             if route.version_id != version_id:
                 continue
@@ -272,6 +279,21 @@ def _model_section(lineage: dict[str, Any]) -> str:
     return _table(("Field", "Value"), rows)
 
 
+def _provenance_text(provenance: dict[str, Any]) -> str:
+    """One line on the logged queries a dataset was made from."""
+    window = provenance["window"]
+    rule = provenance["filter"]
+    redacted = ", ".join(f"{kind}: {n}" for kind, n in provenance["redactions"].items())
+    return (
+        f"{provenance['count']} logged queries of deployment `{provenance['deployment']}` "
+        f"({provenance['corrected']} corrected, {provenance['rated_good']} rated good, "
+        f"{provenance['unrated']} unrated) from {window['first_query_at']} to "
+        f"{window['last_query_at']}; filter min_rating={rule['min_rating']}, "
+        f"only_corrected={str(rule['only_corrected']).lower()}; personal data redacted: "
+        f"{redacted or 'none'}"
+    )
+
+
 def _data_section(dataset: dict[str, Any] | None) -> str:
     if dataset is None:
         return "The dataset of this version is not in the registry."
@@ -283,6 +305,8 @@ def _data_section(dataset: dict[str, Any] | None) -> str:
         ("Format", dataset["format"]),
         ("Rows", f"{dataset['train_rows']} train, {dataset['validation_rows']} validation"),
     ]
+    if dataset.get("provenance"):
+        rows.append(("Made from", _provenance_text(dataset["provenance"])))
     dropped = (report.get("rows") or {}).get("dropped")
     if dropped:
         rows.append(("Dropped", ", ".join(f"{code}: {n}" for code, n in dropped.items())))

@@ -9,9 +9,10 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
+from turing.server import access
 from turing.server.services import Services
 from turing.tools.base_models import DEFAULT_BASE_MODEL
-from turing.tools.deploy import aliases, lineage, remote, traffic, versions
+from turing.tools.deploy import aliases, incidents, kill, lineage, remote, slo, traffic, versions
 
 # A whole number as JSON gives it: no booleans, no numeric strings.
 WholeNumber = Annotated[int, Field(strict=True)]
@@ -78,7 +79,12 @@ def register(app: MCPServer, services: Services) -> None:
 
     @app.tool()
     async def deploy(
-        model: str, deployment: str, reason: str = "", force_reason: str = "", actor: str = ""
+        model: str,
+        deployment: str,
+        reason: str = "",
+        force_reason: str = "",
+        actor: str = "",
+        environment: str | None = None,
     ) -> dict[str, Any]:
         """Route all of a named deployment's traffic to a model version.
 
@@ -95,9 +101,12 @@ def register(app: MCPServer, services: Services) -> None:
             reason: Why this revision exists; recorded with it.
             force_reason: Deploy despite a missing or failing verdict, for this reason.
             actor: Who deploys (a person or an agent); recorded in the audit trail.
+            environment: "dev", "staging" or "prod". A new deployment is in dev unless given;
+                an existing one moves to the environment given. Deploying into or out of prod
+                needs the admin role.
         """
         return await anyio.to_thread.run_sync(
-            versions.deploy, services, model, deployment, reason, force_reason, actor
+            versions.deploy, services, model, deployment, reason, force_reason, actor, environment
         )
 
     @app.tool()
@@ -214,12 +223,16 @@ def register(app: MCPServer, services: Services) -> None:
     @app.tool()
     def list_models() -> dict[str, Any]:
         """List base models and exported model versions with their lineage (run, base)."""
+        where, params = access.project_clause()
         return {
             "base_models": services.registry.rows("base_models", order_by="name"),
-            "model_versions": services.registry.rows("model_versions", order_by="created_at desc"),
+            "model_versions": services.registry.rows(
+                "model_versions", where, params, order_by="created_at desc"
+            ),
         }
 
     register_registry(app, services)
+    register_incidents(app, services)
 
 
 def register_registry(app: MCPServer, services: Services) -> None:
@@ -309,3 +322,151 @@ def register_registry(app: MCPServer, services: Services) -> None:
     def deployment_aliases(deployment: str) -> str:
         """A deployment's aliases and their history as JSON (see list_aliases)."""
         return json.dumps(aliases.list_aliases(services, deployment), indent=2)
+
+
+def register_incidents(app: MCPServer, services: Services) -> None:
+    """Declare the incident tools and resources: SLOs, the kill switch, the incident log."""
+
+    @app.tool()
+    async def set_slo(
+        deployment: str,
+        max_error_rate: float | None = None,
+        max_p95_latency_ms: float | None = None,
+        max_safety_flag_rate: float | None = None,
+        window_s: WholeNumber = slo.DEFAULT_WINDOW_S,
+        min_requests: WholeNumber = slo.DEFAULT_MIN_REQUESTS,
+        auto_rollback: bool = True,
+        reason: str = "",
+        actor: str = "",
+    ) -> dict[str, Any]:
+        """Set a deployment's service-level objective; a canary that breaches it is rolled back.
+
+        Every few seconds the server measures each live route of the deployment's current
+        revision over the queries of the last window_s seconds. Once a route has min_requests
+        queries there, a value above a bound is a breach. A breaching canary (any live route
+        but the champion) is rolled back automatically when auto_rollback is on: a new
+        revision gives its weight to the champion, recorded as an auto_rollback incident with
+        the measured value, the threshold and the window (list_incidents). A breaching
+        champion is recorded as an slo_breach incident, and nothing is changed. Replaces the
+        deployment's previous SLO; returns it with how each route measures now (see get_slo).
+
+        Args:
+            deployment: An existing deployment.
+            max_error_rate: Largest share of failed queries, 0-1 (refusals of the caller's
+                input, such as a prompt too long, do not count).
+            max_p95_latency_ms: Largest 95th percentile of answered queries' latency, in ms.
+            max_safety_flag_rate: Largest share of answered queries whose answer added
+                personal data (emails, phone numbers, card numbers...) the prompt did not hold.
+            window_s: Seconds of traffic judged, 10 to 604800 (default 300).
+            min_requests: Queries a route needs in the window before it is judged (default
+                20): below it nothing is rolled back, however bad the few queries were.
+            auto_rollback: Roll back a breaching canary (default true); false only records.
+            reason: Why; kept in the audit trail.
+            actor: Who sets it; kept in the audit trail.
+        """
+        return await anyio.to_thread.run_sync(
+            lambda: slo.set_slo(
+                services,
+                deployment,
+                max_error_rate,
+                max_p95_latency_ms,
+                max_safety_flag_rate,
+                window_s,
+                min_requests,
+                auto_rollback,
+                reason,
+                actor,
+            )
+        )
+
+    @app.tool()
+    async def get_slo(deployment: str) -> dict[str, Any]:
+        """Read a deployment's SLO and how each live route measures against it right now.
+
+        For each route of the current revision: role (champion or canary), requests and
+        answered queries in the window, error_rate, p95_latency_ms, safety_flag_rate, whether
+        it has enough requests to be judged, and its breaches (slo, measured, threshold).
+        "slo" is null when none is set.
+
+        Args:
+            deployment: An existing deployment.
+        """
+        return await anyio.to_thread.run_sync(slo.get_slo, services, deployment)
+
+    @app.tool()
+    def list_incidents(
+        deployment: str | None = None, kind: str | None = None, limit: WholeNumber = 50
+    ) -> dict[str, Any]:
+        """List incidents, newest first, and the model versions the kill switch stops now.
+
+        Kinds: auto_rollback (a breaching canary rolled back), slo_breach (a breach recorded
+        without rollback), kill_switch and kill_lifted. Each has its time, deployment,
+        version_id, trigger (what started it, in one line: the SLO, measured value, threshold
+        and window, or who pulled the switch and why), actor and details.
+
+        Args:
+            deployment: Only this deployment's incidents.
+            kind: Only incidents of this kind.
+            limit: At most this many, 1 to 1000.
+        """
+        return {
+            "killed_versions": kill.killed_versions(services),
+            "incidents": incidents.list_incidents(services, deployment, kind, limit),
+        }
+
+    @app.tool()
+    async def kill_version(version_id: str, reason: str, actor: str = "") -> dict[str, Any]:
+        """Stop serving a model version at once: the emergency stop for a harmful version.
+
+        From the next query on, the version answers nothing. A deployment routing live
+        traffic to it answers from its other live routes instead (no new revision is made,
+        so lift_kill restores exactly what was served); a deployment left with no live route
+        refuses queries with the kill's reason; shadow copies to it stop; a query naming the
+        version itself (or an alias of it) is refused. Recorded as a kill_switch incident for
+        each deployment routing to it. Undo with lift_kill (admin). To stop a canary for
+        good, rollback the deployment as well.
+
+        Args:
+            version_id: A model version (mv-...) or an alias (e.g. "triage@challenger").
+            reason: Why it must stop; required, recorded as the incident's trigger.
+            actor: Who stops it; recorded.
+        """
+        return await anyio.to_thread.run_sync(
+            kill.kill_version, services, version_id, reason, actor
+        )
+
+    @app.tool()
+    async def lift_kill(version_id: str, reason: str = "", actor: str = "") -> dict[str, Any]:
+        """Serve a version stopped by kill_version again, wherever its routes send traffic.
+
+        Recorded as a kill_lifted incident. Check first that the cause is fixed (get_metrics,
+        list_incidents).
+
+        Args:
+            version_id: The killed model version (mv-...) or an alias of it.
+            reason: Why it may serve again; recorded.
+            actor: Who lifts it; recorded.
+        """
+        return await anyio.to_thread.run_sync(kill.lift_kill, services, version_id, reason, actor)
+
+    @app.resource("turing://incidents", mime_type="application/json")
+    def incident_log() -> str:
+        """Every incident (SLO breaches, automatic rollbacks, kill switch), newest first, and
+        the versions the kill switch stops now (see list_incidents)."""
+        found = {
+            "killed_versions": kill.killed_versions(services),
+            "incidents": incidents.list_incidents(services, limit=incidents.MAX_LIMIT),
+        }
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://deployments/{deployment}/incidents", mime_type="application/json")
+    def deployment_incidents(deployment: str) -> str:
+        """One deployment's incidents, newest first."""
+        found = incidents.list_incidents(services, deployment, limit=incidents.MAX_LIMIT)
+        return json.dumps(found, indent=2)
+
+    @app.resource("turing://deployments/{deployment}/slo", mime_type="application/json")
+    async def deployment_slo(deployment: str) -> str:
+        """A deployment's SLO and how each route measures against it now (see get_slo)."""
+        found = await anyio.to_thread.run_sync(slo.get_slo, services, deployment)
+        return json.dumps(found, indent=2)

@@ -14,6 +14,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from turing.server import access
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import audit
@@ -68,7 +69,11 @@ def register_remote_version(
         raise InvalidInputError(f"api_key_env={api_key_env}: that variable is not set here")
     base = get_base_model(services, base_model)
 
-    digest = hashlib.sha256(f"{REMOTE_FORMAT}\n{endpoint}\n{model}".encode()).hexdigest()
+    project = access.owner_project()
+    content = f"{REMOTE_FORMAT}\n{endpoint}\n{model}"
+    if project != access.DEFAULT_PROJECT:  # each project registers its own version
+        content += f"\n{project}"
+    digest = hashlib.sha256(content.encode()).hexdigest()
     version_id = "mv-" + digest[:12]
     existing = services.registry.find("model_versions", version_id)
     if existing is not None:
@@ -93,6 +98,7 @@ def register_remote_version(
         "remote_model": model,
         "api_key_env": api_key_env,
         "created_at": utc_now(),
+        "project": project,
     }
     services.registry.insert("model_versions", row)
     audit.record(
@@ -106,7 +112,7 @@ def register_remote_version(
         actor=actor,
     )
     logger.info("model version %s answers from %s at %s", version_id, model, endpoint)
-    return row
+    return services.registry.get("model_versions", version_id, "model version")  # as stored
 
 
 def check_endpoint(endpoint: Any) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turing.server import access
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import audit
@@ -108,6 +109,7 @@ def deploy(
     reason: str = "",
     force_reason: str = "",
     actor: str = "",
+    environment: str | None = None,
 ) -> dict[str, Any]:
     """Route all of a deployment's traffic to a model version, if its gate lets it.
 
@@ -118,6 +120,8 @@ def deploy(
         reason: Why this revision exists; kept with it.
         force_reason: Deploy even without a passing gate verdict; kept in the audit trail.
         actor: Who deploys (a person or an agent), kept in the audit trail.
+        environment: dev, staging or prod; a new deployment is in dev unless given, an
+            existing one moves to the environment given.
 
     Raises:
         ConflictError: The deployment has a gate and the version has no passing verdict
@@ -126,6 +130,7 @@ def deploy(
     from turing.tools.evals import gating
 
     check_new_deployment(services, deployment)
+    check_environment(environment)
     version = find_version(services, model)
     force_reason = force_reason.strip()
     with DEPLOY_LOCK:
@@ -145,7 +150,9 @@ def deploy(
             raise gating.refuse_deploy(version["id"], deployment, check)
         # Shadow routes keep mirroring: replacing the live version does not end an experiment.
         shadows = [r for r in previous if r.shadow and r.version_id != version["id"]]
-        deployed = _route_all(services, version, deployment, reason or f"deploy {model}", shadows)
+        deployed = _route_all(
+            services, version, deployment, reason or f"deploy {model}", shadows, environment
+        )
         action = "forced_deploy" if not check["passed"] else "deploy"
         audit.record(
             services,
@@ -191,6 +198,14 @@ def check_new_deployment(services: Services, deployment: str) -> None:
         )
 
 
+def check_environment(environment: str | None) -> None:
+    """Refuse an environment other than dev, staging or prod (None: keep or default)."""
+    if environment is not None and environment not in access.ENVIRONMENTS:
+        raise InvalidInputError(
+            f"environment={environment!r}: use one of {', '.join(access.ENVIRONMENTS)}"
+        )
+
+
 def champion_version(services: Services, deployment: str) -> str | None:
     """The version serving most of a deployment's traffic now, or None before its first deploy."""
     if services.registry.find("deployments", deployment) is None:
@@ -215,9 +230,10 @@ def _route_all(
     deployment: str,
     reason: str,
     shadows: list[Route],
+    environment: str | None = None,
 ) -> dict[str, Any]:
     routes = [Route(version["id"], 100), *shadows]
-    revision = write_revision(services, deployment, routes, reason)
+    revision = write_revision(services, deployment, routes, reason, environment)
     logger.info(
         "deployment %s revision %d routes to %s (run %s)",
         deployment,
@@ -235,10 +251,19 @@ def _route_all(
     }
 
 
-def write_revision(services: Services, deployment: str, routes: list[Route], reason: str) -> int:
+def write_revision(
+    services: Services,
+    deployment: str,
+    routes: list[Route],
+    reason: str,
+    environment: str | None = None,
+) -> int:
     """Store the deployment's next revision with these routes and make it current.
 
-    Callers hold DEPLOY_LOCK, so revision numbers stay unique and in order.
+    A new deployment belongs to the caller's project (for a caller of every project, to the
+    project of the version it routes most traffic to) and to `environment`, dev by default;
+    an existing one moves to `environment` when it is given. Callers hold DEPLOY_LOCK, so
+    revision numbers stay unique and in order.
     """
     previous = services.registry.find("deployments", deployment)
     revision = 1 if previous is None else previous["revision"] + 1
@@ -253,17 +278,20 @@ def write_revision(services: Services, deployment: str, routes: list[Route], rea
         ("insert", "deployment_revisions", None, revision_row)
     ]
     if previous is None:
-        writes.insert(
-            0,
-            (
-                "insert",
-                "deployments",
-                None,
-                {"name": deployment, "revision": 1, "created_at": utc_now()},
-            ),
-        )
+        champion = services.registry.find("model_versions", champion_of(routes)) or {}
+        created = {
+            "name": deployment,
+            "revision": 1,
+            "created_at": utc_now(),
+            "project": access.owner_project(champion.get("project")),
+            "environment": environment or "dev",
+        }
+        writes.insert(0, ("insert", "deployments", None, created))
     else:
-        writes.append(("update", "deployments", deployment, {"revision": revision}))
+        changes: dict[str, Any] = {"revision": revision}
+        if environment is not None:
+            changes["environment"] = environment
+        writes.append(("update", "deployments", deployment, changes))
     services.registry.write_many(writes)
     release_unrouted_engines(services)
     return revision
@@ -300,10 +328,13 @@ def _register_version(
     """
     weights_sha = file_sha256(source / "adapter_model.safetensors")
     kind = ADAPTER_FORMAT if format == "adapter" else f"{MERGED_FORMAT_PREFIX}{dtype}"
+    project = access.owner_project(run.get("project"))
     if format == "adapter":
         version_id = "mv-" + weights_sha[:12]
     else:
         version_id = "mv-" + hashlib.sha256(f"{weights_sha}\0{kind}".encode()).hexdigest()[:12]
+    if project != access.DEFAULT_PROJECT:  # equal weights in two projects are two versions
+        version_id = "mv-" + hashlib.sha256(f"{version_id}\0{project}".encode()).hexdigest()[:12]
 
     # One export per version at a time: a merge takes a while and much memory, and a second
     # caller should get the first one's version rather than merge again.
@@ -328,6 +359,7 @@ def _register_version(
             "gguf_path": str(out),
             "sha256": file_sha256(out),
             "created_at": utc_now(),
+            "project": project,
         }
         try:
             services.registry.insert("model_versions", row)
@@ -442,11 +474,14 @@ def revision_routes(services: Services, deployment: str, revision: int) -> list[
 def describe_deployments(services: Services) -> list[dict[str, Any]]:
     """Every deployment with its current revision and routes."""
     described = []
-    for row in services.registry.rows("deployments", order_by="name"):
+    where, params = access.project_clause()
+    for row in services.registry.rows("deployments", where, params, order_by="name"):
         revision = services.registry.get("deployment_revisions", (row["name"], row["revision"]))
         described.append(
             {
                 "deployment": row["name"],
+                "project": row.get("project"),
+                "environment": row.get("environment"),
                 "revision": row["revision"],
                 "routes": [route.describe() for route in parse_stored(revision["routes"])],
                 "reason": revision["reason"],

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 
+from turing.server import access
 from turing.server.registry import utc_now
 from turing.server.services import Services
 from turing.tools import jobs
@@ -322,6 +323,13 @@ def list_evals(
     if gate:
         clauses.append("gate = ?")
         params.append(gate)
+    # An evaluation belongs to the project of the dataset it scores.
+    scope, scope_params = access.project_clause(
+        "dataset_id IN (SELECT id FROM datasets WHERE project = ?)"
+    )
+    if scope:
+        clauses.append(scope)
+        params += scope_params
     rows = services.registry.rows(
         "evals", " AND ".join(clauses) or None, params or None, order_by="created_at desc"
     )[:limit]

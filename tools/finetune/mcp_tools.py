@@ -20,11 +20,12 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.server import require_client_extension
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolRequestParams, CallToolResult, RequestParams, TextContent
-from mcp_types.jsonrpc import INVALID_PARAMS
+from mcp_types.jsonrpc import INVALID_PARAMS, INVALID_REQUEST
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from turing.server import access
 from turing.server.services import Services
-from turing.tools import jobs
+from turing.tools import audit, jobs
 from turing.tools.base_models import DEFAULT_BASE_MODEL
 from turing.tools.base_models import register_base_model as register_base
 from turing.tools.errors import NotFoundError
@@ -230,29 +231,59 @@ class RunTasks(Extension):
 
     async def _get(self, ctx: ServerRequestContext[Any, Any], params: TaskParams) -> HandlerResult:
         require_client_extension(ctx, TASKS_EXTENSION)
-        return run_task(await self._describe(params.task_id), detailed=True)
+        with access.calling_as(_caller(ctx)):
+            return run_task(await self._describe(params.task_id), detailed=True)
 
     async def _update(
         self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams
     ) -> HandlerResult:
         require_client_extension(ctx, TASKS_EXTENSION)
-        await self._describe(params.task_id)
+        with access.calling_as(_caller(ctx)):
+            await self._describe(params.task_id)
         return {}
 
     async def _cancel(
         self, ctx: ServerRequestContext[Any, Any], params: TaskParams
     ) -> HandlerResult:
         require_client_extension(ctx, TASKS_EXTENSION)
-        described = await self._describe(params.task_id)
-        if described["status"] not in jobs.ENDED:  # cancelling a finished task is a no-op
-            await anyio.to_thread.run_sync(runs.cancel_run, self._services, params.task_id)
+        arguments = {"run_id": params.task_id}
+        with access.calling_as(_caller(ctx)):
+            try:  # audited as a call of cancel_run, which it is
+                described = await self._describe(params.task_id, "cancel_run")
+                if described["status"] not in jobs.ENDED:  # cancelling a finished task: no-op
+                    await anyio.to_thread.run_sync(runs.cancel_run, self._services, params.task_id)
+            except Exception as exc:
+                await self._audit(arguments, str(exc))
+                raise
+            await self._audit(arguments, "ok")
         return {}
 
-    async def _describe(self, task_id: str) -> dict[str, Any]:
+    async def _describe(self, task_id: str, tool: str = "get_run") -> dict[str, Any]:
+        """The run of a task, once the caller passes the checks of `tool` on it."""
+
+        def admitted() -> dict[str, Any]:
+            access.admit_call(self._services, tool, {"run_id": task_id})
+            return runs.describe_run(self._services, task_id)
+
         try:
-            return await anyio.to_thread.run_sync(runs.describe_run, self._services, task_id)
+            return await anyio.to_thread.run_sync(admitted)
         except NotFoundError as exc:
             raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: {exc}") from None
+        except access.AccessDeniedError as exc:
+            raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
+
+    async def _audit(self, arguments: dict[str, Any], result: str) -> None:
+        await anyio.to_thread.run_sync(
+            audit.record_call, self._services, "cancel_run", arguments, result
+        )
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> access.Principal:
+    """The principal of a tasks request (its HTTP request's, or the local user on stdio)."""
+    try:
+        return access.principal_of(ctx.request)
+    except access.AccessDeniedError as exc:
+        raise MCPError(code=INVALID_REQUEST, message=str(exc)) from None
 
 
 def run_task(described: dict[str, Any], detailed: bool = False) -> dict[str, Any]:

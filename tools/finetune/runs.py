@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from turing.server import access
 from turing.server.jobs import JOB_NAME, RESULT_NAME, write_json_atomic
 from turing.server.registry import utc_now
 from turing.server.services import Services
@@ -120,6 +121,7 @@ def start_run(
             "created_at": now,
             "queued_at": now,
             "attempts": 0,
+            "project": access.owner_project((request.dataset or {}).get("project")),
         },
     )
 
@@ -247,7 +249,8 @@ def list_runs(services: Services, status: str | None = None) -> list[dict[str, A
     """Every run, newest first, optionally only those with one status."""
     if status is not None and status not in RUN_STATUSES:
         raise InvalidInputError(f"status={status!r}: must be one of {', '.join(RUN_STATUSES)}")
-    rows = services.registry.rows("runs", order_by="created_at desc")
+    where, params = access.project_clause()
+    rows = services.registry.rows("runs", where, params, order_by="created_at desc")
     rows = [jobs.refresh(services, "runs", row) for row in rows]
     return [
         {

@@ -11,11 +11,12 @@ from pydantic import Field
 
 from turing.server.services import Services
 from turing.tools.errors import InvalidInputError
-from turing.tools.query import serve, telemetry, traffic_metrics
+from turing.tools.query import feedback, serve, telemetry, traffic_metrics
 
 # Numbers as JSON gives them: no booleans and no numeric strings (a float field takes ints).
 WholeNumber = Annotated[int, Field(strict=True)]
 Number = Annotated[float, Field(strict=True)]
+Flag = Annotated[bool, Field(strict=True)]
 
 
 def register(app: MCPServer, services: Services) -> None:
@@ -38,8 +39,10 @@ def register(app: MCPServer, services: Services) -> None:
 
         Served by llama.cpp from the exported GGUF, with the chat template the model was
         trained on. Returns the text, the version and revision that answered, latency, time to
-        first token and token counts. A deployment with several routes picks one by weight;
-        give a routing_key to keep a user on one route (A/B tests).
+        first token, token counts, the query_id, and logged: whether the deployment's query log
+        kept the (PII-redacted) text, so that record_feedback can rate it by query_id. A
+        deployment with several routes picks one by weight; give a routing_key to keep a user
+        on one route (A/B tests).
 
         Args:
             model: A deployment name, a model version id (mv-...) or a base model name.
@@ -172,6 +175,75 @@ def register(app: MCPServer, services: Services) -> None:
             revision,
             since,
             confidence,
+        )
+
+    @app.tool()
+    async def set_query_logging(deployment: str, enabled: Flag, reason: str = "") -> dict[str, Any]:
+        """Turn on (or off) keeping the text of a deployment's queries, for feedback and for
+        training the next dataset version on them.
+
+        Off by default. While on, each query the deployment answers keeps its conversation and
+        answer in the query log with emails, phone numbers, payment cards, IBANs, national
+        ids, IP addresses and secrets replaced by placeholders such as [EMAIL] before storage;
+        query_model then returns logged: true and a query_id for record_feedback. Turning it
+        off stops logging new queries; what was logged stays. The change is audited.
+
+        Args:
+            deployment: An existing deployment.
+            enabled: true to log its queries from now on, false to stop.
+            reason: Why (e.g. "users consented in the app's terms"); kept in the audit trail.
+
+        Returns:
+            enabled, who changed it and when, and how many queries are logged, rated and
+            corrected.
+        """
+        return await anyio.to_thread.run_sync(
+            feedback.set_query_logging, services, deployment, enabled, reason
+        )
+
+    @app.tool()
+    async def record_feedback(
+        query_id: str, rating: WholeNumber, correction: str | None = None
+    ) -> dict[str, Any]:
+        """Rate a logged answer and optionally give the answer it should have been.
+
+        Rated-good answers and corrections become training rows when the deployment's logged
+        queries are prepared (prepare_dataset with path "queries://<deployment>"); answers
+        rated bad are used only through their correction. Feedback again on the same query
+        replaces the earlier one. Personal data in the correction is redacted like the log.
+
+        Args:
+            query_id: The query_id query_model returned with logged: true (also the "id" of an
+                answer from the OpenAI-compatible API of a deployment with logging on).
+            rating: 1 for a good answer, -1 for a bad one.
+            correction: The right answer, as the assistant should have written it; up to 32,000
+                characters. Omit it to rate only.
+
+        Returns:
+            The logged query with its rating, correction, kinds redacted, who gave the feedback
+            and when, and "replaced": the earlier feedback, if any.
+        """
+        return await anyio.to_thread.run_sync(
+            feedback.record_feedback, services, query_id, rating, correction
+        )
+
+    @app.tool()
+    async def list_logged_queries(
+        deployment: str, since: str | None = None, limit: WholeNumber = 50
+    ) -> dict[str, Any]:
+        """A deployment's query log: whether logging is on and its logged queries, newest
+        first, with their redacted conversation, answer, rating and correction.
+
+        Use it to find query_ids to rate or correct before preparing a dataset from them.
+
+        Args:
+            deployment: An existing deployment.
+            since: Only queries from this time on: ISO 8601 or a duration back from now (e.g.
+                "24h", "7d"). Omit for all time.
+            limit: Most queries to return, 1-500; "matching" counts them all.
+        """
+        return await anyio.to_thread.run_sync(
+            feedback.list_logged_queries, services, deployment, since, limit
         )
 
     @app.resource("turing://deployments/{deployment}/metrics", mime_type="application/json")

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turing.server import access
 from turing.server.services import Services
+from turing.tools.deploy.kill import serving_target
 from turing.tools.deploy.routing import check_routing_key, key_digest
 from turing.tools.deploy.versions import ModelTarget, route_query, version_target
 from turing.tools.errors import ConflictError, InvalidInputError, TuringError
+from turing.tools.query import feedback
 from turing.tools.query.shadow import mirror
 
 logger = logging.getLogger(__name__)
@@ -100,10 +103,12 @@ def open_query(
     version was involved), and a prompt too long for the routed model's context or a busy
     engine before any text is generated (recorded against that version).
     """
+    access.check_visible(services, "model", model)  # another project's model does not exist
     check_messages(messages)
     sampling.check()
     check_routing_key(routing_key)
-    target = route_query(services, model, routing_key)
+    # The kill switch acts here, before any engine: a killed route's share goes to the others.
+    target = serving_target(services, route_query(services, model, routing_key), routing_key)
     return Answer(services, target, messages, sampling, key_digest(routing_key), transport)
 
 
@@ -138,6 +143,7 @@ class Answer:
         self._first_piece_at: float | None = None
         self._ended = False
         self._recorded: Any = None
+        self.logged = False  # whether its text went to the deployment's query log
         try:
             self._stream = _open_stream(services, target, messages, sampling)
         except TuringError as exc:
@@ -183,6 +189,8 @@ class Answer:
         target = self.target
         return {
             "text": completion.text,
+            "query_id": self.id,
+            "logged": self.logged,
             "model": target.name,
             "version_id": target.version_id,
             "deployment": target.deployment,
@@ -210,6 +218,9 @@ class Answer:
                 completion, latency_ms=elapsed, time_to_first_token_ms=first_ms
             )
         self._recorded = completion
+        # Only whole answers are logged; a shadow's reached nobody, so nobody can rate it.
+        answered = error is None and completion is not None and not self._shadow
+        self.logged = answered and feedback.logging_enabled(self._services, self.target.deployment)
         _record(
             self._services,
             self.target,
@@ -220,6 +231,7 @@ class Answer:
             self._shadow,
             messages=self._messages,
             transport=self._transport,
+            log_id=self.id if self.logged else None,
         )
         if not self._shadow and not isinstance(error, InvalidInputError):
             # A request the live route refused (e.g. too long) is not worth a shadow's time.
@@ -343,10 +355,12 @@ def _record(
     *,
     messages: list[dict[str, Any]] | None = None,
     transport: str = "mcp",
+    log_id: str | None = None,
 ) -> None:
     """Queue the request's telemetry row (written in the background, never on the reply path).
 
     `routing_key` is the key's digest; give the exception itself as `error` to keep its type.
+    With `log_id`, the conversation and answer also go to the query log under that query_id.
     """
     services.telemetry.record(
         target,
@@ -357,4 +371,5 @@ def _record(
         routing_key_digest=routing_key,
         shadow=shadow,
         transport=transport,
+        log_id=log_id,
     )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from turing.server.registry import utc_now
 from turing.tools.errors import InvalidInputError
+from turing.tools.query import feedback
 from turing.tools.settings import number_setting
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class _Request:
     row: dict[str, Any]
     prompt: str
     answer: str | None
+    log: tuple[str, list[dict[str, Any]]] | None = None  # (query_id, messages) to log the text
 
 
 @dataclass
@@ -138,6 +140,7 @@ class Telemetry:
         routing_key_digest: str | None = None,
         shadow: bool = False,
         transport: str = "mcp",
+        log_id: str | None = None,
     ) -> None:
         """Queue one request's row; returns at once, the writer thread does the rest.
 
@@ -153,6 +156,8 @@ class Telemetry:
             routing_key_digest: The digest of the caller's sticky key, never the key itself.
             shadow: A mirrored request whose answer reached nobody.
             transport: How the request came: "mcp" or "http".
+            log_id: The query_id under which the conversation and answer also go to the query
+                log, PII-redacted (the deployment's query logging is on); None keeps no text.
 
         Raises:
             ValueError: An unknown transport.
@@ -177,6 +182,7 @@ class Telemetry:
             },
             prompt=_prompt_text(messages),
             answer=answer if answer is not None else _attribute(completion, "text"),
+            log=(log_id, list(messages or ())) if log_id else None,
         )
         with self._state:
             if not self._closed:
@@ -284,6 +290,11 @@ class Telemetry:
             # A shadow answer reached nobody, so it stood in for no call to the replaced model.
             row["replaced_cost"] = 0.0 if row["shadow"] else tokens / 1000 * replaced_price
             row["pii"] = _pii(request.answer, request.prompt)
+            if request.log is not None:
+                query_id, messages = request.log
+                row[feedback.LOG_KEY] = feedback.log_entry(
+                    query_id, row, messages, request.answer or ""
+                )
             rows.append(row)
         return rows
 
@@ -305,10 +316,18 @@ class Telemetry:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         values = [[row.get(column) for column in COLUMNS] for row in rows]
+        logged = [row.get(feedback.LOG_KEY) for row in rows]
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(INSERT_SQL, values)
+                if any(logged):
+                    # A query-log entry needs its row's number, so such a batch goes row by row.
+                    for row_values, entry in zip(values, logged, strict=True):
+                        row_id = conn.execute(INSERT_SQL, row_values).lastrowid
+                        if entry:
+                            feedback.insert_log(conn, row_id, entry)
+                else:
+                    conn.executemany(INSERT_SQL, values)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:

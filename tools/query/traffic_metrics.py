@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from turing.server import access
 from turing.server.services import Services
 from turing.tools.deploy.routing import Route
 from turing.tools.deploy.versions import champion_of, revision_routes
@@ -276,46 +277,82 @@ PROMETHEUS_COUNTERS = (
         "Answers adding personal data to the prompt's.",
         "sum(pii IS NOT NULL)",
     ),
-    (
-        "turing_query_latency_seconds_sum",
-        "Total latency of answered queries, in seconds.",
-        "coalesce(sum(CASE WHEN error IS NULL THEN latency_ms END), 0) / 1000.0",
-    ),
-    (
-        "turing_query_latency_seconds_count",
-        "Answered queries (the count behind the latency sum).",
-        "sum(error IS NULL)",
-    ),
+)
+# The latency histogram of answered queries: upper bounds of its buckets, in seconds.
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_SQL = (
+    "coalesce(sum(CASE WHEN error IS NULL THEN latency_ms END), 0) / 1000.0",
+    "sum(error IS NULL)",
+    *(f"sum(error IS NULL AND latency_ms <= {bound * 1000:g})" for bound in LATENCY_BUCKETS_S),
+)
+# Queries a project may see: its deployments', and its versions' when asked by version.
+PROJECT_FILTER = (
+    "(? = '*' OR deployment IN (SELECT name FROM deployments WHERE project = ?) OR "
+    "(deployment IS NULL AND version_id IN (SELECT id FROM model_versions WHERE project = ?)))"
 )
 
 
-def prometheus_text(services: Services) -> str:
-    """Every deployment's and version's counters in Prometheus's text exposition format.
+def prometheus_text(services: Services, project: str | None = None) -> str:
+    """Every deployment's and version's counters and latency histogram, then the training,
+    evaluation and deployment gauges, in Prometheus's text exposition format.
 
-    Labelled by deployment ("" for queries that named a version directly), version and
-    traffic ("live" or "shadow"); rates and averages are left to Prometheus (rate(), sums over
-    counts).
+    Query series are labelled by deployment ("" for queries that named a version directly),
+    version and traffic ("live" or "shadow"); rates, averages and quantiles are left to
+    Prometheus (rate(), sums over counts, histogram_quantile()).
+
+    Args:
+        services: The server's services.
+        project: Only this project's series, "*" for every project; by default the project of
+            the caller (every project on stdio).
     """
+    from turing.tools import monitoring  # here: monitoring reads these traffic metrics too
+
+    project = access.current().project if project is None else project
     services.telemetry.flush()
-    aggregates = ", ".join(sql for _, _, sql in PROMETHEUS_COUNTERS)
+    aggregates = ", ".join([sql for _, _, sql in PROMETHEUS_COUNTERS] + list(LATENCY_SQL))
     path = services.workspace.registry_path
     # A read-only connection of its own: WAL lets it read while the registry's writes go on.
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         groups = conn.execute(
             f"SELECT deployment, version_id, shadow, {aggregates} FROM queries "
-            "GROUP BY deployment, version_id, shadow ORDER BY deployment, version_id, shadow"
+            f"WHERE {PROJECT_FILTER} GROUP BY deployment, version_id, shadow "
+            "ORDER BY deployment, version_id, shadow",
+            [project] * 3,
         ).fetchall()
-    lines = []
-    for index, (name, help_text, _) in enumerate(PROMETHEUS_COUNTERS):
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
-        for deployment, version_id, shadow, *values in groups:
-            labels = _labels(
+    labelled = [
+        (
+            _labels(
                 deployment=deployment or "",
                 version=version_id or "",
                 traffic="shadow" if shadow else "live",
-            )
-            lines.append(f"{name}{{{labels}}} {_number(values[index] or 0)}")
+            ),
+            values,
+        )
+        for deployment, version_id, shadow, *values in groups
+    ]
+    lines = []
+    for index, (name, help_text, _) in enumerate(PROMETHEUS_COUNTERS):
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]
+        lines += [
+            f"{name}{{{labels}}} {_number(values[index] or 0)}" for labels, values in labelled
+        ]
+    lines += _latency_histogram(labelled, len(PROMETHEUS_COUNTERS))
+    lines += monitoring.prometheus_lines(services, project)
     return "\n".join(lines) + "\n"
+
+
+def _latency_histogram(labelled: list[tuple[str, list[Any]]], offset: int) -> list[str]:
+    """The `turing_query_latency_seconds` histogram: cumulative buckets, sum and count."""
+    name = "turing_query_latency_seconds"
+    lines = [f"# HELP {name} Latency of answered queries.", f"# TYPE {name} histogram"]
+    for labels, values in labelled:
+        total, count, *buckets = (value or 0 for value in values[offset:])
+        for bound, within in zip(LATENCY_BUCKETS_S, buckets, strict=True):
+            lines.append(f'{name}_bucket{{{labels},le="{bound:g}"}} {_number(within)}')
+        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {_number(count)}')
+        lines.append(f"{name}_sum{{{labels}}} {_number(total)}")
+        lines.append(f"{name}_count{{{labels}}} {_number(count)}")
+    return lines
 
 
 def _labels(**labels: str) -> str:
