@@ -2,10 +2,12 @@
 
 Trains two lightly tuned SmolLM2 adapters on the shipped support-ticket sample (a low learning
 rate, so the model still writes long answers and decode speed is measured over many tokens),
-deploys the first behind `turing serve --http`, then measures on the same base GGUF and adapter:
+deploys the first behind `turing serve --http` (one HTTP server carrying MCP at /mcp and the
+OpenAI-compatible API at /v1, an admin token on every request), then measures on the same base
+GGUF and adapter:
 
 - raw: llama-cpp-python's `Llama.generate` in this process, greedy, the same rendered prompt;
-- mcp: `query_model` through a real MCP stdio client session;
+- mcp: `query_model` through a real MCP client session over streamable HTTP;
 - http: `/v1/chat/completions` through HTTP, whole answers and streamed.
 
 Paths take turns in blocks (every prompt once), in a rotating order and with a pause between
@@ -30,6 +32,7 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-from mcp import Client, StdioServerParameters
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from turing.server.quickstart import Session, server_parameters, wait_for_run
 
@@ -206,7 +210,7 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, float]:
 
 
 async def measure_paths(
-    session: Session,
+    session: BenchSession,
     base_url: str,
     raw: RawEngine,
     rounds: int,
@@ -214,7 +218,7 @@ async def measure_paths(
     prompts: list[str],
 ) -> dict[str, dict[str, float]]:
     samples: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
-    async with httpx.AsyncClient(timeout=300) as http:
+    async with httpx.AsyncClient(timeout=300, headers=session.headers) as http:
         ask = {
             "raw": lambda prompt: asyncio.to_thread(raw.answer, prompt, max_tokens),
             "mcp": lambda prompt: over_mcp(session, prompt, max_tokens),
@@ -236,7 +240,7 @@ async def measure_paths(
     return {path: summarise(found) for path, found in samples.items()}
 
 
-async def concurrent_clients(base_url: str) -> dict[str, Any]:
+async def concurrent_clients(base_url: str, headers: dict[str, str]) -> dict[str, Any]:
     errors: list[str] = []
     tokens = 0
 
@@ -259,7 +263,7 @@ async def concurrent_clients(base_url: str) -> dict[str, Any]:
                 tokens += reply.json()["usage"]["completion_tokens"]
 
     limits = httpx.Limits(max_connections=CONCURRENT_CLIENTS)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as http:
+    async with httpx.AsyncClient(timeout=600, limits=limits, headers=headers) as http:
         started = time.perf_counter()
         await asyncio.gather(*(client(index, http) for index in range(CONCURRENT_CLIENTS)))
         wall = time.perf_counter() - started
@@ -273,35 +277,76 @@ async def concurrent_clients(base_url: str) -> dict[str, Any]:
     }
 
 
+class BenchSession(Session):
+    """An MCP session over HTTP that knows the bearer header the other paths send too."""
+
+    def __init__(self, client: Client, headers: dict[str, str]):
+        super().__init__(client)
+        self.headers = headers
+
+
+def start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`turing serve --http` on a loopback port of a new workspace, and an admin token for it."""
+    env = {**os.environ, **server_parameters(str(home), input_dirs=[SAMPLE.parent]).env}
+    cli = [sys.executable, "-m", "turing.server.cli", "--log-level", "WARNING"]
+    made = subprocess.run(
+        [*cli, "token", "create", "--name", "bench", "--role", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    server = subprocess.Popen([*cli, "serve", "--http", f"127.0.0.1:{port}"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return server, made.stdout.strip()
+        except httpx.TransportError:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError(f"turing serve --http exited with {server.returncode}")
+        time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError("turing serve --http did not answer /health within 120 s")
+
+
 async def main(home: Path, out: Path | None, rounds: int) -> int:
     port = free_port()
-    stdio = server_parameters(str(home), log_level="WARNING")
-    parameters = StdioServerParameters(
-        command=sys.executable, args=[*stdio.args, "--http", f"127.0.0.1:{port}"], env=stdio.env
-    )
+    server, secret = start_server(home, port)
+    headers = {"Authorization": f"Bearer {secret}"}
     base_url = f"http://127.0.0.1:{port}/v1"
-    async with Client(parameters) as client:
-        session = Session(client)
-        first, second = await deploy_two_versions(session)
-        models = await session.call("list_models")
-        row = next(row for row in models["model_versions"] if row["id"] == first)
-        base = next(b for b in models["base_models"] if b["name"] == row["base_model"])
-        raw = RawEngine(base["gguf_path"], row["gguf_path"])
-        log(f"measuring {rounds} rounds of {len(PROMPTS)} prompts on every path")
-        decode = await measure_paths(session, base_url, raw, rounds, DECODE_TOKENS, PROMPTS)
-        short = await measure_paths(session, base_url, raw, rounds, 1, SHORT_PROMPTS)
-        raw.llm.close()
+    try:
+        async with (
+            httpx.AsyncClient(headers=headers, timeout=600) as mcp_http,
+            Client(
+                streamable_http_client(f"http://127.0.0.1:{port}/mcp", http_client=mcp_http)
+            ) as client,
+        ):
+            session = BenchSession(client, headers)
+            first, second = await deploy_two_versions(session)
+            models = await session.call("list_models")
+            row = next(row for row in models["model_versions"] if row["id"] == first)
+            base = next(b for b in models["base_models"] if b["name"] == row["base_model"])
+            raw = RawEngine(base["gguf_path"], row["gguf_path"])
+            log(f"measuring {rounds} rounds of {len(PROMPTS)} prompts on every path")
+            decode = await measure_paths(session, base_url, raw, rounds, DECODE_TOKENS, PROMPTS)
+            short = await measure_paths(session, base_url, raw, rounds, 1, SHORT_PROMPTS)
+            raw.llm.close()
 
-        await session.call(
-            "set_routes",
-            deployment="bench",
-            routes=[{"version_id": first, "weight": 50}, {"version_id": second, "weight": 50}],
-            reason="two engines for the concurrency run",
-        )
-        log(f"{CONCURRENT_CLIENTS} concurrent HTTP clients over two engines")
-        before = await engine_stats(client)
-        concurrent = await concurrent_clients(base_url)
-        engines = per_engine(before, await engine_stats(client), concurrent["wall_s"])
+            await session.call(
+                "set_routes",
+                deployment="bench",
+                routes=[{"version_id": first, "weight": 50}, {"version_id": second, "weight": 50}],
+                reason="two engines for the concurrency run",
+            )
+            log(f"{CONCURRENT_CLIENTS} concurrent HTTP clients over two engines")
+            before = await engine_stats(client)
+            concurrent = await concurrent_clients(base_url, headers)
+            engines = per_engine(before, await engine_stats(client), concurrent["wall_s"])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
     report = build_report(decode, short, concurrent, engines)
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -81,6 +82,11 @@ class Registry:
         """Change some columns of one row."""
         with self._lock:
             self.db.table(table).update(key, _encode(changes))
+
+    def delete(self, table: str, key: Any) -> None:
+        """Remove one row by primary key (a row that is not there is no error)."""
+        with self._lock, contextlib.suppress(sqlite_utils.db.NotFoundError):
+            self.db.table(table).delete(key)
 
     def get(self, table: str, key: Any, what: str = "") -> dict[str, Any]:
         """One row by primary key, or NotFoundError naming what was asked for."""

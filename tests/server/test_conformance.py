@@ -22,6 +22,7 @@ import pytest
 import uvicorn
 from starlette.types import Message, Receive, Scope, Send
 
+from tests.helpers import skip_unless_required
 from tests.server.test_auth import make_token, turing_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,9 +36,9 @@ def conformance_cli() -> Path:
     folder = Path(os.environ.get("TURING_CONFORMANCE_DIR") or REPO / ".ci" / "node")
     package = folder / "node_modules" / "@modelcontextprotocol" / "conformance"
     if shutil.which("node") is None:
-        pytest.skip("node is not installed; the MCP conformance suite runs on Node 20")
+        skip_unless_required("node is not installed; the MCP conformance suite runs on Node 20")
     if not (package / "package.json").is_file():
-        pytest.skip(
+        skip_unless_required(
             f"the MCP conformance suite is not installed in {folder}: run .ci/run, or npm install "
             f"--prefix {folder} @modelcontextprotocol/conformance@{SUITE_VERSION}, or set "
             "TURING_CONFORMANCE_DIR"

@@ -21,7 +21,7 @@ from mcp import Client
 from mcp.types import ImageContent, TextContent
 from PIL import Image
 
-from tests.helpers import write_jsonl
+from tests.helpers import skip_if_missing, write_jsonl
 from tests.server.test_lifecycle import ticket_rows
 from tests.server.test_remote import closed_port
 from turing.server import access
@@ -417,8 +417,8 @@ def chromium(url: str, profile: Path, *flags: str) -> subprocess.CompletedProces
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=True)
 
 
-@pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install chromium)"
+@skip_if_missing(
+    not Path(CHROMIUM).exists(), "chromium is not installed (apt-get install chromium)"
 )
 def test_the_dashboard_shows_every_chart_in_headless_chromium(
     monitored: Monitored, http: Http, tmp_path: Path

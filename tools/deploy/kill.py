@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sqlite3
-from contextlib import closing
 from typing import Any
 
 from turing.server import access
@@ -103,7 +102,7 @@ def lift_kill(
     if killed is None:
         raise ConflictError(f"{version_id} is not killed; list_incidents shows the kill switch")
 
-    _delete_kill(services, version_id)
+    services.registry.delete("killed_versions", version_id)
     deployments: list[str | None] = [name for name, _ in _routing_to(services, version_id)]
     trigger = f"lift_kill by {actor}" + (f": {reason}" if reason else "")
     for deployment in deployments or [None]:
@@ -205,13 +204,6 @@ def _routing_to(services: Services, version_id: str) -> list[tuple[str, list[Rou
         if any(route.version_id == version_id for route in routes):
             found.append((row["name"], routes))
     return found
-
-
-def _delete_kill(services: Services, version_id: str) -> None:
-    # The registry offers no delete; a connection of its own is safe beside it under WAL.
-    path = services.workspace.registry_path
-    with closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-        conn.execute("DELETE FROM killed_versions WHERE version_id = ?", [version_id])
 
 
 def _killed(services: Services) -> dict[str, dict[str, Any]]:
