@@ -47,6 +47,13 @@ set_pricing, get_metrics and compare_routes read the traffic (latency, errors, t
 savings, A/B tests); get_chart draws loss curves, eval scores with intervals and a deployment's
 live traffic per route as images. Long work returns an id at once; wait or poll for its status.
 A failed or cancelled run continues with resume_run.
+Operations: set_slo guards a deployment (a canary breaching it is rolled back automatically);
+kill_version stops a version at once (an admin lifts it with lift_kill); list_incidents shows
+what happened; the prompts ship_new_version and respond_to_incident walk through both. With
+set_query_logging on, answers are kept PII-redacted; record_feedback(query_id) rates or corrects
+one, and prepare_dataset(path="queries://<deployment>") makes the next dataset from them.
+Over HTTP each call runs as its token's role (viewer, operator, admin) in its project; a refusal
+names the role needed. File paths must be absolute and inside the allowed input folders.
 """
 
 
