@@ -454,12 +454,61 @@ def admit_call(
     replaced by their resolved form so that the tool opens what was checked.
     """
     principal = current()
+    arguments = normalized_names(arguments)
     check_names(services, tool, arguments)
     needed, what = required_role(services, tool, arguments)
     check_role(principal, needed, what)
+    key_env = arguments.get("api_key_env") if tool == "register_remote_model" else None
+    if principal.scoped and _given(key_env):
+        # The key is read from the server's own environment, which every project shares.
+        raise AccessDeniedError(
+            "permission denied: register_remote_model with an api_key_env sends a variable of "
+            "the server's environment to the endpoint, which needs an admin of every project "
+            f"('*'); the caller, {principal.describe()}, acts in one project"
+        )
     if containment is not None:
         arguments = containment.check_arguments(tool, arguments, principal)
     return arguments
+
+
+def normalized_names(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments with the names of objects stripped of surrounding whitespace, so that the
+    project check and the tool see the same name; a logged-query source holding whitespace or
+    control characters is refused (URL parsing would drop some of them)."""
+    normalized = dict(arguments)
+    for name, value in arguments.items():
+        if name in _ARGUMENT_KINDS and isinstance(value, str):
+            normalized[name] = value.strip()
+        elif name in _LIST_ARGUMENT_KINDS and isinstance(value, list):
+            normalized[name] = [item.strip() if isinstance(item, str) else item for item in value]
+        elif name == "routes" and isinstance(value, list):
+            normalized[name] = [
+                {**route, "version_id": route["version_id"].strip()}
+                if isinstance(route, dict) and isinstance(route.get("version_id"), str)
+                else route
+                for route in value
+            ]
+        elif (
+            isinstance(value, str)
+            and value.strip().startswith(QUERY_LOG_SOURCE)
+            and any(char.isspace() or not char.isprintable() for char in value)
+        ):
+            raise InvalidInputError(
+                f"{name}={value!r}: a queries:// source holds no spaces or control "
+                "characters; give queries://<deployment>[?filters]"
+            )
+    return normalized
+
+
+def acting_actor(principal: Principal, given: Any) -> str:
+    """Who a tool records as acting: a token's holder always (a name it passes is kept as
+    whom it acts for), the local user's own choice on stdio."""
+    given = given.strip() if isinstance(given, str) else ""
+    if principal.token_id is None:
+        return given or principal.actor
+    if given and given != principal.actor:
+        return f"{principal.actor} for {given}"
+    return principal.actor
 
 
 class GuardedServer(MCPServer):
@@ -477,11 +526,16 @@ class GuardedServer(MCPServer):
     ) -> Any:
         """Call a tool as the request's caller, after the access checks."""
         principal = principal_of_context(context)
+        tool = self._tool_manager.get_tool(name)
+        if tool is None:  # the SDK's "Unknown tool" error; nothing to check or audit
+            return await super().call_tool(name, arguments, context)
         with calling_as(principal):
             try:
                 admitted = await anyio.to_thread.run_sync(
                     admit_call, self.services, name, dict(arguments), self.containment
                 )
+                if "actor" in tool.parameters.get("properties", {}):
+                    admitted["actor"] = acting_actor(principal, admitted.get("actor"))
                 result = await super().call_tool(name, admitted, context)
             except Exception as exc:
                 await self._audit(name, arguments, str(exc))

@@ -85,7 +85,7 @@ def create_token(
     }
     services.registry.insert("tokens", row)
     details = {"name": name, "role": role, "project": project, "created_by": created_by}
-    audit.record(services, "token_created", row["id"], **details)
+    audit.record(services, "token_created", row["id"], in_project=project, **details)
     logger.info("token %s (%s) created: role %s, project %s", row["id"], name, role, project)
     return public_row(row), secret
 
@@ -103,7 +103,14 @@ def revoke_token(services: Services, token_id: str, revoked_by: str = "local") -
         raise ConflictError(f"token {token_id} was already revoked at {row['revoked_at']}")
     row["revoked_at"] = utc_now()
     services.registry.update("tokens", token_id, {"revoked_at": row["revoked_at"]})
-    audit.record(services, "token_revoked", token_id, name=row["name"], revoked_by=revoked_by)
+    audit.record(
+        services,
+        "token_revoked",
+        token_id,
+        in_project=row["project"],
+        name=row["name"],
+        revoked_by=revoked_by,
+    )
     logger.info("token %s (%s) revoked", token_id, row["name"])
     return public_row(row)
 

@@ -26,6 +26,7 @@ from turing.tools.errors import InvalidInputError
 logger = logging.getLogger(__name__)
 
 ALLOWED_DIRS_ENV = "TURING_ALLOWED_INPUT_DIRS"
+REGISTRY_NAME = "registry.db"  # with its -wal, -shm and -journal companions
 # Sources that are not files: prepare_dataset reads a deployment's logged queries from the
 # registry (the deployment's project is checked like any other name).
 NON_FILE_SOURCES = (QUERY_LOG_SOURCE,)
@@ -96,6 +97,13 @@ class Containment:
         if not given.is_absolute():  # the server's working directory is not the caller's
             raise InvalidInputError(f"{what} {value!r} is not an absolute path; pass the full path")
         target = Path(os.path.realpath(given))
+        if target.parent == self.workspace and target.name.startswith(REGISTRY_NAME):
+            # Even opening and closing the registry's files in this process would drop its
+            # SQLite locks (POSIX locks are per process), letting another process remove the WAL.
+            raise PathNotAllowedError(
+                f"{what} {value!r} resolves to {target}, the registry's own database, which no "
+                "tool reads as input"
+            )
         allowed = self.allowed(principal)
         in_workspace = target.is_relative_to(self.workspace)
         if any(target.is_relative_to(folder) for folder in allowed) and not (

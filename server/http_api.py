@@ -163,16 +163,17 @@ def create_http_app(
         return JSONResponse({"object": "list", "data": describe_models(services)})
 
     async def get_model(request: Request) -> Response:
-        name = request.path_params["model"]
+        asked = name = request.path_params["model"]
         if aliases.is_reference(name):
             try:
+                access.check_visible(services, "model", name)  # as if another project's were not
                 name = aliases.resolve_reference(services, name)
             except TuringError as exc:
                 return error_response(exc)
         for model in describe_models(services):
             if model["id"] == name:
                 return JSONResponse(model)
-        return error_response(NotFoundError(f"no model {name!r}; GET /v1/models lists them"))
+        return error_response(NotFoundError(f"no model {asked!r}; GET /v1/models lists them"))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

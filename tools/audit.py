@@ -37,18 +37,31 @@ _SECRET_WORDS = (
 
 
 def record(
-    services: Services, action: str, subject: str, reason: str = "", **details: Any
+    services: Services,
+    action: str,
+    subject: str,
+    reason: str = "",
+    *,
+    in_project: str | None = None,
+    **details: Any,
 ) -> dict[str, Any]:
-    """Append one action to the audit trail and return it."""
+    """Append one action to the audit trail and return it. Personal data in the reason and
+    details is replaced by placeholders, secrets masked, as for tool calls.
+
+    Args:
+        in_project: The project the action belongs to, when its subject is not a registered
+            object (a token); by default the subject's project.
+    """
     principal = access.current()
+    reason = redact_pii(reason) if reason else reason
     row = {
         "time": utc_now(),
         "action": action,
         "subject": subject,
         "reason": reason,
-        "details": details,
+        "details": mask_secrets(details),
         "actor": actor_name(principal),
-        "project": _subject_project(services, subject),
+        "project": in_project or _subject_project(services, subject),
     }
     services.registry.insert("audit", row)
     logger.info("audit: %s %s%s", action, subject, f" ({reason})" if reason else "")
@@ -70,10 +83,10 @@ def record_call(
         "project": _call_project(services, principal, arguments),
         "tool": tool,
         "arguments": mask_secrets(arguments),
-        "result": _cut(mask_values(result, secret_values(arguments))),
+        "result": _cut(redact_pii(mask_values(result, secret_values(arguments)))),
     }
     services.registry.insert("audit", row)
-    logger.info("audit: %s by %s: %s", tool, row["actor"], _cut(result, 200))
+    logger.info("audit: %s by %s: %s", tool, row["actor"], _cut(row["result"], 200))
     return row
 
 

@@ -249,8 +249,72 @@ async def test_every_mutating_call_is_audited_with_its_caller_and_secrets_masked
     with closing(sqlite3.connect(platform.services.workspace.registry_path)) as db:
         rows = db.execute("SELECT * FROM audit").fetchall()
     assert rows and not any("sk-live-123" in str(value) for row in rows for value in row)
-    async with platform.session("outsider") as outsider:
-        assert await read_json(outsider, "turing://audit") == []
+    async with platform.session("outsider") as outsider:  # only the making of its own token
+        trail = await read_json(outsider, "turing://audit")
+        assert [(row["action"], row["project"]) for row in trail] == [("token_created", "lab")]
+
+
+async def test_names_are_checked_as_the_tool_reads_them_and_actors_come_from_tokens(
+    platform: Platform,
+) -> None:
+    async with platform.session("root") as root:
+        version = (await root.call("register_remote_model", **REMOTE))["id"]
+        await root.call("deploy", model=version, deployment="lab-web", force_reason="a test")
+    with platform.services.registry.db.conn:  # the deployment belongs to the lab project
+        platform.services.registry.db.execute(
+            "UPDATE deployments SET project = 'lab' WHERE name = 'lab-web'"
+        )
+        platform.services.registry.db.execute(
+            "UPDATE model_versions SET project = 'lab' WHERE id = ?", [version]
+        )
+
+    async with platform.session("operator") as operator:
+        # Padding does not slip another project's name past the check, wherever it sits.
+        for padded in (f" {version}", f"{version}\t", f"\xa0{version}\n", " lab-web@champion"):
+            with pytest.raises(LifecycleError, match=r"no (model version|deployment)"):
+                await operator.call("kill_version", version_id=padded, reason="x")
+        for source in ("queries://lab-web\n", "queries://lab\t-web?min_rating=0"):
+            with pytest.raises(LifecycleError, match="holds no spaces or control characters"):
+                await operator.call("prepare_dataset", path=source)
+        # An unknown tool is unknown, not a matter of roles.
+        result = await operator.client.call_tool("no_such_tool", {})
+        assert result.is_error and "Unknown tool" in str(result.content), result.content
+    async with platform.session("admin") as admin:
+        # A project's admin may not send the server's environment to an endpoint it picks.
+        with pytest.raises(LifecycleError, match=r"needs an admin of every project \('\*'\)"):
+            await admin.call("register_remote_model", api_key_env="HOME", **REMOTE)
+        own = (await admin.call("register_remote_model", **REMOTE))["id"]
+        await admin.call("deploy", model=own, deployment="shop-web", force_reason="a test")
+    async with platform.session("operator") as operator:
+        await operator.call("kill_version", version_id=own, reason="test", actor="admin")
+        listed = await operator.call("list_incidents", deployment="shop-web")
+    [killed] = listed["killed_versions"]
+    assert killed["actor"].startswith("operator (tok-") and killed["actor"].endswith(" for admin")
+    assert listed["incidents"][0]["trigger"].startswith("kill_version by operator (tok-")
+
+    # Another project's alias is not found over the OpenAI API either, and leaks no version.
+    headers = {"authorization": f"Bearer {platform.secrets['operator']}"}
+    reply = httpx.get(f"{platform.url}/v1/models/lab-web@champion", headers=headers)
+    assert reply.status_code == 404 and version not in reply.text, reply.text
+    assert "no deployment 'lab-web'" in reply.text
+
+
+async def test_personal_data_in_reasons_and_results_is_redacted_in_the_audit_trail(
+    platform: Platform,
+) -> None:
+    async with platform.session("admin") as admin:
+        version = (await admin.call("register_remote_model", **REMOTE))["id"]
+        reason = "call ana@example.com about card 4111 1111 1111 1111"
+        await admin.call("deploy", model=version, deployment="web", force_reason=reason)
+        with pytest.raises(LifecycleError):
+            await admin.call(
+                "set_alias", deployment="web", alias="ana@example.com", version_id=version
+            )
+    with closing(sqlite3.connect(platform.services.workspace.registry_path)) as db:
+        rows = db.execute("SELECT * FROM audit").fetchall()
+    text = "\n".join(str(value) for row in rows for value in row)
+    assert "[EMAIL]" in text and "[PAYMENT_CARD]" in text
+    assert "ana@example.com" not in text and "4111 1111" not in text
 
 
 async def test_tasks_of_runs_answer_only_their_project_and_cancelling_one_needs_an_operator(

@@ -205,10 +205,24 @@ def test_a_project_token_may_not_name_workspace_files_even_in_an_allowed_folder(
 ) -> None:
     home = tmp_path / "home"
     (home / "datasets").mkdir(parents=True)
-    registry = home / "registry.db"
-    registry.write_text("")
+    stored = home / "datasets" / "train.jsonl"
+    stored.write_text("")
     containment = Containment(home, (tmp_path,))  # the workspace lies inside an input folder
-    assert containment.check_path(str(registry), "path", access.LOCAL) == registry
+    assert containment.check_path(str(stored), "path", access.LOCAL) == stored
     with pytest.raises(PathNotAllowedError, match="inside the workspace"):
-        containment.check_path(str(registry), "path", SHOP)
+        containment.check_path(str(stored), "path", SHOP)
     assert containment.check_path(str(tmp_path / "data.jsonl"), "path", SHOP).parent == tmp_path
+
+
+async def test_the_registry_database_is_never_a_tool_input(local: Session, tmp_path: Path) -> None:
+    # The local user may name workspace files, but not the registry: opening and closing it in
+    # the server process would drop the process's SQLite locks.
+    home = tmp_path / "home"
+    for name in ("registry.db", "registry.db-wal", "registry.db-shm"):
+        with pytest.raises(LifecycleError, match="the registry's own database"):
+            await local.call("prepare_dataset", path=str(home / name))
+    link = tmp_path / "allowed" / "innocent.jsonl"
+    link.symlink_to(home / "registry.db")
+    with pytest.raises(LifecycleError, match="the registry's own database"):
+        await local.call("prepare_dataset", path=str(link))
+    assert await local.call("list_datasets") == []

@@ -287,6 +287,13 @@ async def test_bad_feedback_loop_requests_are_refused_naming_what_to_change(
     await refused(
         "record_feedback", "correction is empty", query_id=query_id, rating=-1, correction=" "
     )
+    await refused(
+        "record_feedback",
+        "correction has the control character .* at character 7",
+        query_id=query_id,
+        rating=-1,
+        correction="billing\x00nul",
+    )
     await refused("set_query_logging", "enabled", deployment="support", enabled="yes")
     await refused("list_logged_queries", "limit=0", deployment="support", limit=0)
 

@@ -229,7 +229,7 @@ async def test_a_canary_breaching_its_error_rate_is_rolled_back_once_it_has_min_
 
     # A breaching champion is recorded once, and nothing is changed.
     await session.call(
-        "set_slo", deployment="triage", max_p95_latency_ms=0.001, window_s=60, min_requests=2
+        "set_slo", deployment="triage", max_p95_latency_ms=1, window_s=60, min_requests=2
     )
     [breach] = await incidents_of(session, "slo_breach")
     assert breach["version_id"] == ids["steady"] and breach["details"]["role"] == "champion"
@@ -356,7 +356,8 @@ async def test_the_kill_switch_stops_a_version_from_the_next_query_until_lifted(
 BAD_SLOS = [
     ({}, "no bound given"),
     ({"max_error_rate": 1.5}, "max_error_rate=1.5: must be from 0 to 1"),
-    ({"max_p95_latency_ms": -1.0}, "max_p95_latency_ms=-1.0: must be from 0 to 3600000"),
+    ({"max_p95_latency_ms": -1.0}, "max_p95_latency_ms=-1.0: must be from 1 to 3600000"),
+    ({"max_p95_latency_ms": 0}, "max_p95_latency_ms=0.0: must be from 1 to 3600000"),
     ({"max_error_rate": 0.1, "window_s": 5}, "window_s=5: must be a whole number from 10"),
     ({"max_error_rate": 0.1, "min_requests": 0}, "min_requests=0: must be a whole number from 1"),
 ]

@@ -120,9 +120,13 @@ def lift_kill(
     return {"version_id": version_id, "lifted": True, "killed": killed, "deployments": deployments}
 
 
-def killed_versions(services: Services) -> list[dict[str, Any]]:
-    """The versions stopped now that the caller may see, newest kill first."""
+def killed_versions(services: Services, deployment: str | None = None) -> list[dict[str, Any]]:
+    """The versions stopped now that the caller may see, newest kill first; with `deployment`,
+    only those its current routes include."""
     rows = services.registry.rows("killed_versions", order_by="killed_at desc")
+    if deployment is not None:
+        routed = {route.version_id for route in current_routes(services, deployment)}
+        rows = [row for row in rows if row["version_id"] in routed]
     return [row for row in rows if visible_to_caller(services, row)]
 
 

@@ -410,8 +410,8 @@ def register_incidents(app: MCPServer, services: Services) -> None:
             limit: At most this many, 1 to 1000.
         """
         return {
-            "killed_versions": kill.killed_versions(services),
             "incidents": incidents.list_incidents(services, deployment, kind, limit),
+            "killed_versions": kill.killed_versions(services, deployment),
         }
 
     @app.tool()

@@ -426,7 +426,7 @@ def _check_slo(slo: dict[str, Any]) -> None:
     for bound, low, high in (
         ("max_error_rate", 0.0, 1.0),
         ("max_safety_flag_rate", 0.0, 1.0),
-        ("max_p95_latency_ms", 0.0, MAX_LATENCY_MS),
+        ("max_p95_latency_ms", 1.0, MAX_LATENCY_MS),  # 0 would roll back every canary
     ):
         value = slo[bound]
         if value is None:

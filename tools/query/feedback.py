@@ -215,6 +215,15 @@ def _check_correction(correction: str) -> str:
         raise InvalidInputError(
             f"correction has a lone surrogate at character {exc.start}; send UTF-8 text"
         ) from None
+    control = next(
+        (i for i, char in enumerate(correction) if char not in "\n\r\t" and not char.isprintable()),
+        None,
+    )
+    if control is not None:
+        raise InvalidInputError(
+            f"correction has the control character {correction[control]!r} at character "
+            f"{control}; send plain text (line breaks and tabs are fine)"
+        )
     return correction.strip()
 
 
