@@ -19,10 +19,19 @@ import argparse
 import os
 import sys
 
-from openai import OpenAI
+from openai import APIError, OpenAI
+from openai.types.chat import ChatCompletionUserMessageParam
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return ask(argv)
+    except APIError as exc:  # the server's error names the field or value and what is allowed
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def ask(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a deployment, deployment@alias or model version id")
     parser.add_argument("question", help="the user's message")
@@ -40,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print("set TURING_TOKEN to a token from `turing token create`", file=sys.stderr)
         return 2
     client = OpenAI(base_url=args.url, api_key=token, max_retries=0)
-    messages = [{"role": "user", "content": args.question}]
+    messages: list[ChatCompletionUserMessageParam] = [{"role": "user", "content": args.question}]
 
     if args.stream:
         stream = client.chat.completions.create(
@@ -62,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, messages=messages, max_tokens=args.max_tokens
     )
     print(reply.choices[0].message.content)
-    print(
-        f"[{reply.model}, {reply.usage.prompt_tokens} tokens in, "
-        f"{reply.usage.completion_tokens} out]",
-        file=sys.stderr,
-    )
+    if reply.usage:
+        print(
+            f"[{reply.model}, {reply.usage.prompt_tokens} tokens in, "
+            f"{reply.usage.completion_tokens} out]",
+            file=sys.stderr,
+        )
     return 0
 
 

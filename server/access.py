@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult
 
 from turing.tools.errors import ConflictError, InvalidInputError, NotFoundError, TuringError
 
@@ -562,7 +563,10 @@ class GuardedServer(MCPServer):
         principal = principal_of_context(context)
         with calling_as(principal):
             check_role(principal, PROMPT_ROLE, f"the prompt {name}")
-            return await super().get_prompt(name, arguments, context)
+            try:
+                return await super().get_prompt(name, arguments, context)
+            except ValueError as exc:  # an unknown prompt or a missing argument: the caller's
+                raise MCPError(INVALID_PARAMS, str(exc)) from exc
 
     async def _audit(self, tool: str, arguments: Mapping[str, Any], result: str) -> None:
         if not tool_rule(tool).mutating:

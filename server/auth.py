@@ -172,7 +172,10 @@ def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[
     hosts = {f"{name}:{port}" for name in names}
     for name in extra:
         name = name.strip().lower()
-        hosts.add(name if re.search(r":\d+$", name) else f"{name}:{port}")
+        if re.search(r":\d+$", name):
+            hosts.add(name)
+        else:  # as a client sends it directly, or through a proxy on the scheme's own port
+            hosts.update((name, f"{name}:{port}"))
     return frozenset(hosts)
 
 
@@ -195,7 +198,10 @@ class AccessMiddleware:
         self.app = app
         self.services = services
         self.hosts = frozenset(host.lower() for host in hosts)
-        self.origins = frozenset(f"http://{host}" for host in self.hosts)
+        # A TLS proxy in front makes browsers send https origins for the same names.
+        self.origins = frozenset(
+            f"{scheme}://{host}" for host in self.hosts for scheme in ("http", "https")
+        )
         self.public_paths = frozenset(public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -309,12 +309,16 @@ PAGE = """<!doctype html>
         (deployment.environment ? " \\u00b7 " + deployment.environment : "") +
         " \\u00b7 window " + span;
       const table = document.createElement("table");
+      const row = (label, weight, found) => [label, weight, found.count, found.errors,
+        found.error_rate === null ? "\\u2013" : (100 * found.error_rate).toFixed(1) + "%",
+        text(found.latency_p50_ms, 1), text(found.latency_p95_ms, 1), text(found.cost, 6)];
+      // The routes of the current revision, then every live query of the window, whichever
+      // revision served it (a canary rolled back since counts there).
       fillTable(table,
         ["route", "weight", "queries", "errors", "error rate", "p50 ms", "p95 ms", "cost"],
-        deployment.routes.map(route => [route.version_id + (route.shadow ? " (shadow)" : ""),
-          route.shadow ? "shadow" : route.weight + "%", route.count, route.errors,
-          route.error_rate === null ? "\\u2013" : (100 * route.error_rate).toFixed(1) + "%",
-          text(route.latency_p50_ms, 1), text(route.latency_p95_ms, 1), text(route.cost, 6)]),
+        deployment.routes.map(route => row(route.version_id + (route.shadow ? " (shadow)" : ""),
+          route.shadow ? "shadow" : route.weight + "%", route)).concat(
+          deployment.routes.length ? [row("all live traffic", "", deployment.live)] : []),
         "No routes.");
       const img = document.createElement("img");
       img.className = "chart traffic";

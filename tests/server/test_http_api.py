@@ -7,6 +7,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -236,6 +238,26 @@ def test_only_loopback_addresses_are_served_unless_allowed() -> None:
         with pytest.raises(InvalidInputError, match="not a loopback address"):
             check_bind_host(host)
         assert not check_bind_host(host, allow_remote=True)
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "openai_client.py"
+
+
+def test_the_example_openai_client_script_answers_whole_and_streamed(api: Api) -> None:
+    def run(*arguments: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TURING_TOKEN": api.secret, "TURING_URL": api.url}
+        command = [sys.executable, str(EXAMPLE), *arguments, "--max-tokens", "8"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    whole = run("tiny", "Say hello")
+    assert whole.returncode == 0 and whole.stdout.strip(), whole.stderr
+    assert re.search(r"\[tiny, \d+ tokens in, \d+ out\]", whole.stderr), whole.stderr
+    streamed = run("tiny", "Say hello", "--stream")
+    assert streamed.returncode == 0 and streamed.stdout.strip(), streamed.stderr
+    assert re.search(r"\[\d+ tokens\]", streamed.stderr), streamed.stderr
+    missing = run("nope", "Say hello")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: "), missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_the_openai_client_needs_a_live_token(api: Api) -> None:

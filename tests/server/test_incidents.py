@@ -22,6 +22,8 @@ from typing import Any
 import openai
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from turing.server import auth
 from turing.server.http_api import HttpServer
@@ -407,3 +409,6 @@ async def test_playbook_prompts_are_listed_and_name_real_tools(session: Session)
         await session.client.get_prompt(
             "ship_new_version", {"deployment": "triage", "model": "mv-x", "canary_percent": "half"}
         )
+    with pytest.raises(MCPError, match="Missing required arguments") as missing:
+        await session.client.get_prompt("ship_new_version", {"deployment": "triage"})
+    assert missing.value.code == INVALID_PARAMS

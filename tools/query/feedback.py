@@ -197,7 +197,11 @@ def record_feedback(
     replaced = None
     if entry["rating"] is not None:
         replaced = {"rating": entry["rating"], "correction": entry["correction"]}
-    return {**_describe({**entry, **changes}), "replaced": replaced}
+    # The feedback alone: the logged conversation is for operators (list_logged_queries),
+    # while any caller holding a query id may rate it.
+    described = _describe({**entry, **changes})
+    shown = ("query_id", "deployment", "version_id", "redactions", "rating", "correction")
+    return {**{key: described[key] for key in shown}, "replaced": replaced}
 
 
 def _check_correction(correction: str) -> str:

@@ -220,8 +220,9 @@ def register(app: MCPServer, services: Services) -> None:
                 characters. Omit it to rate only.
 
         Returns:
-            The logged query with its rating, correction, kinds redacted, who gave the feedback
-            and when, and "replaced": the earlier feedback, if any.
+            The query's id, deployment and version, its rating and (redacted) correction, the
+            kinds of personal data redacted, and "replaced": the earlier feedback, if any. The
+            conversation itself is shown by list_logged_queries (operators).
         """
         return await anyio.to_thread.run_sync(
             feedback.record_feedback, services, query_id, rating, correction
