@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import closing
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import wait_until_done
+from tests.helpers import StubOpenAI, wait_until_done
 from turing.server.quickstart import LifecycleError, Session
 from turing.server.registry import Registry
 from turing.server.services import SPILL_NAME
@@ -43,49 +41,17 @@ QUESTIONS = [
 CORRECTION = "Sorry about that: reply with the invoice number, or write to billing@example.org."
 
 
-class EchoServer:
-    """An OpenAI-compatible chat server on 127.0.0.1 that answers "About: <the question>"."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                text = "About: " + body["messages"][-1]["content"]
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                events = [
-                    {"choices": [{"index": 0, "delta": {"content": text}}]},
-                    {
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 12, "completion_tokens": 12},
-                    },
-                ]
-                for event in events:
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
+def echo() -> Iterator[StubOpenAI]:
+    """A model answering "About: <the question>"."""
+    server = StubOpenAI(
+        lambda body: (0.0, 200, "About: " + body["messages"][-1]["content"]), usage=(12, 12)
+    )
     yield server
     server.close()
 
 
-async def support_deployment(session: Session, echo: EchoServer, base_model: str) -> str:
+async def support_deployment(session: Session, echo: StubOpenAI, base_model: str) -> str:
     """Deployment "support" serving the echo server's model; returns its version id."""
     version = await session.call(
         "register_remote_model",
@@ -133,7 +99,7 @@ def dataset_rows(home: Path, dataset_id: str) -> list[dict[str, Any]]:
 
 
 async def test_logged_queries_with_feedback_become_the_next_dataset_version_with_provenance(
-    session: Session, tmp_path: Path, tiny_base: Path, echo: EchoServer
+    session: Session, tmp_path: Path, tiny_base: Path, echo: StubOpenAI
 ) -> None:
     home = tmp_path / "home"
     await session.call("register_base_model", name="tiny", gguf_path=str(tiny_base))
@@ -256,7 +222,7 @@ async def test_logged_queries_with_feedback_become_the_next_dataset_version_with
 
 
 async def test_bad_feedback_loop_requests_are_refused_naming_what_to_change(
-    session: Session, echo: EchoServer
+    session: Session, echo: StubOpenAI
 ) -> None:
     async def refused(tool: str, match: str, **arguments: Any) -> None:
         with pytest.raises(LifecycleError, match=match):

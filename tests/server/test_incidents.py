@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
 
+from tests.helpers import StubOpenAI
 from turing.server import auth
 from turing.server.http_api import HttpServer
 from turing.server.quickstart import LifecycleError, Session, server_parameters
@@ -45,57 +43,9 @@ BEHAVIOURS = {
 CHECK_S = "0.5"  # TURING_SLO_CHECK_S of the servers under test
 
 
-class StubOpenAI:
-    """An OpenAI-compatible chat server on 127.0.0.1 that counts the requests of each model."""
-
-    def __init__(self) -> None:
-        self.hits: Counter[str] = Counter()
-        lock = threading.Lock()
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                model = body["model"]
-                with lock:
-                    stub.hits[model] += 1
-                delay, status, text = BEHAVIOURS[model]
-                time.sleep(delay)
-                if status != 200:
-                    self.send_response(status)
-                    self.end_headers()
-                    self.wfile.write(text.encode())
-                    return
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.end_headers()
-                events = [
-                    {"choices": [{"index": 0, "delta": {"content": text}}]},
-                    {
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                        "usage": {"prompt_tokens": 8, "completion_tokens": 6},
-                    },
-                ]
-                for event in events:
-                    self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-                self.wfile.write(b"data: [DONE]\n\n")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def stub() -> Iterator[StubOpenAI]:
-    server = StubOpenAI()
+    server = StubOpenAI(lambda body: BEHAVIOURS[body["model"]])
     yield server
     server.close()
 
