@@ -118,7 +118,13 @@ def test_chat_completion_and_its_stream_give_the_same_greedy_text(
         rows = db.execute("SELECT version_id, error, transport FROM queries").fetchall()
     assert rows == [("tiny", None, "http"), ("tiny", None, "http")]
 
-    scraped = httpx.get(api.url.removesuffix("/v1") + "/metrics", headers=api.headers, timeout=30)
+    # Queries naming a base model belong to no project: a token of one project sees none of
+    # them, a token of every project sees them all.
+    metrics_url = api.url.removesuffix("/v1") + "/metrics"
+    scoped = httpx.get(metrics_url, headers=api.headers, timeout=30)
+    assert scoped.status_code == 200 and 'version="tiny"' not in scoped.text
+    _, everyone = auth.create_token(api.services, "ops", "viewer", "*")
+    scraped = httpx.get(metrics_url, headers={"authorization": f"Bearer {everyone}"}, timeout=30)
     assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = dict(
         line.rsplit(" ", 1) for line in scraped.text.splitlines() if not line.startswith("#")
