@@ -11,8 +11,6 @@ their usual exceptions (400 bad request, 404 unknown model, 429 busy engine).
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -30,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from turing.server import access
+from turing.server import access, dashboard
 from turing.server.auth import AccessMiddleware, allowed_hosts
 from turing.server.services import Services
 from turing.tools.deploy import aliases
@@ -192,9 +190,8 @@ def create_http_app(
         Route("/metrics", metrics, methods=["GET"]),
     ]
     public_paths = {"/health"}
-    dashboard_routes, dashboard_public = _dashboard(services)
-    routes += dashboard_routes
-    public_paths |= dashboard_public
+    routes += dashboard.routes(services)
+    public_paths |= dashboard.PUBLIC_PATHS
     sessions = None
     if mcp is not None:
         from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
@@ -218,19 +215,10 @@ def _mcp_sessions(mcp: MCPServer, hosts: Collection[str]) -> StreamableHTTPSessi
     """The SDK's session manager for `mcp`, its own Host/Origin check set to ours as well."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    security = TransportSecuritySettings(
-        allowed_hosts=sorted(hosts), allowed_origins=sorted(f"http://{host}" for host in hosts)
-    )
+    origins = sorted(f"{scheme}://{host}" for host in hosts for scheme in ("http", "https"))
+    security = TransportSecuritySettings(allowed_hosts=sorted(hosts), allowed_origins=origins)
     mcp.streamable_http_app(transport_security=security)  # builds the manager; the app is unused
     return mcp.session_manager
-
-
-def _dashboard(services: Services) -> tuple[list[BaseRoute], set[str]]:
-    """The dashboard's routes and the paths of them served without a token (its page shell)."""
-    if importlib.util.find_spec("turing.server.dashboard") is None:
-        return [], set()
-    dashboard = importlib.import_module("turing.server.dashboard")
-    return list(dashboard.routes(services)), set(getattr(dashboard, "PUBLIC_PATHS", ()))
 
 
 async def _read_json(request: Request) -> dict[str, Any]:
