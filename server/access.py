@@ -502,11 +502,9 @@ def normalized_names(arguments: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def acting_actor(principal: Principal, given: Any) -> str:
-    """Who a tool records as acting: a token's holder always (a name it passes is kept as
-    whom it acts for), the local user's own choice on stdio."""
+    """Who a tool called with a token records as acting: the token's holder (a name the call
+    passes is kept as whom it acts for). On stdio the local user's own `actor` stands."""
     given = given.strip() if isinstance(given, str) else ""
-    if principal.token_id is None:
-        return given or principal.actor
     if given and given != principal.actor:
         return f"{principal.actor} for {given}"
     return principal.actor
@@ -535,7 +533,7 @@ class GuardedServer(MCPServer):
                 admitted = await anyio.to_thread.run_sync(
                     admit_call, self.services, name, dict(arguments), self.containment
                 )
-                if "actor" in tool.parameters.get("properties", {}):
+                if principal.token_id and "actor" in tool.parameters.get("properties", {}):
                     admitted["actor"] = acting_actor(principal, admitted.get("actor"))
                 result = await super().call_tool(name, admitted, context)
             except Exception as exc:
