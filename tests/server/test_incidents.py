@@ -160,9 +160,8 @@ async def test_a_canary_breaching_its_error_rate_is_rolled_back_once_it_has_min_
     assert await routes(session) == [{"version_id": ids["steady"], "weight": 100}]
 
     # The rollback went through set_routes: audited with the monitor as actor.
-    trail = json.loads(
-        (await session.client.read_resource("turing://deployments/triage/audit")).contents[0].text  # type: ignore[union-attr]
-    )
+    found = await session.client.read_resource("turing://deployments/triage/audit")
+    trail = json.loads(found.contents[0].text)  # type: ignore[union-attr]
     rolled = trail[0]
     assert rolled["action"] == "set_routes" and rolled["details"]["actor"] == "slo-monitor"
     assert rolled["reason"].startswith("automatic rollback: error_rate 1 > 0.2")
