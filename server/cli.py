@@ -136,6 +136,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out(text: str) -> None:
+    """What `turing token` answers, on stdout so scripts can capture it. This command is never
+    the stdio MCP server (whose stdout is the protocol); its log lines go to stderr."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def _token(args: argparse.Namespace) -> int:
     """`turing token create|list|revoke`: the secret goes to stdout, everything else to stderr."""
     import json
@@ -150,7 +157,7 @@ def _token(args: argparse.Namespace) -> int:
             row, secret = auth.create_token(
                 services, args.name, args.role, args.project, created_by=_user_name()
             )
-            print(secret)
+            _out(secret)
             logger.info(
                 "token %s for %s (role %s, project %s): the secret above is shown only once",
                 row["id"],
@@ -162,9 +169,9 @@ def _token(args: argparse.Namespace) -> int:
             auth.revoke_token(services, args.id, revoked_by=_user_name())
         elif args.json:
             for row in auth.list_tokens(services):
-                print(json.dumps(row))
+                _out(json.dumps(row))
         else:
-            print(_token_table(auth.list_tokens(services)))
+            _out(_token_table(auth.list_tokens(services)))
     except TuringError as exc:
         logger.error("%s", exc)
         return 2
